@@ -1,0 +1,37 @@
+# Two set-up commands: `make translate` and `make test`. Both install first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SHARED_MULTI30K := ../shared/data/multi30k
+# The CPU build of torch; on machines whose pip would pick a CUDA build, use e.g.
+#   make install TORCH="torch --index-url https://download.pytorch.org/whl/cpu"
+TORCH ?= torch==2.13.0
+
+.PHONY: install data translate test clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+# Multi30k under data/multi30k: linked from ../shared when it exists, else fetched through `datasets`.
+data: install
+	@if [ -d $(SHARED_MULTI30K) ]; then \
+		mkdir -p data/multi30k && ln -sf $(abspath $(SHARED_MULTI30K))/*.gz data/multi30k/ && \
+		echo "linked Multi30k from $(SHARED_MULTI30K) into data/multi30k"; \
+	else \
+		$(BIN)/mt prepare-data --dataset bentrevett/multi30k --output data/multi30k; \
+	fi
+
+translate: install
+	$(BIN)/mt translate
+
+test: install
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# One prepared GPU session: train the shipped models and the ablation runs side by
+# side on one GPU, pick each shipped model by validation BLEU (beam 5), and hand
+# back fp16 checkpoints and all logs.
+#
+# Run through the device tool from the repository root, with the Multi30k files in
+# .devdata/multi30k/ and wheels for `datasets` in .whl/ (carried), e.g.
+#   MINUTES=6 bash bench/gpu_train.sh
+# It writes to $OUT (default: gpu-out/): logs.tar.gz and the chosen models split in
+# 15 MB parts (join with `cat NAME.part-* > model.safetensors`).
+set -u
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
+OUT=${OUT:-gpu-out}
+MINUTES=${MINUTES:-6}
+DATA=${DATA:-.devdata/multi30k}
+DEVICE=${DEVICE:-cuda}
+mkdir -p "$OUT" runs logs
+
+# -- dependencies: the GPU image has torch, sentencepiece, sacrebleu, typer, safetensors; not datasets
+[ -n "${SKIP_DEPS:-}" ] || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site \
+  .whl/datasets-*.whl .whl/dill-*.whl .whl/multiprocess-*.whl
+export PYTHONPATH=/tmp/site:$PWD
+if [ -z "${SKIP_DEPS:-}" ] && ! python3 -c "import datasets" 2>logs/datasets-import.txt; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site --upgrade .whl/pyarrow-*.whl .whl/fsspec-*.whl
+  python3 -c "import datasets" || { echo "datasets does not import"; exit 1; }
+fi
+MT="python3 -m mt"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; python3 -c "import torch, datasets; print('torch', torch.__version__, 'datasets', datasets.__version__, 'cuda', torch.cuda.is_available())"; nproc; } | tee logs/machine.txt
+
+# -- tokenizers (joint unigram, 8000 pieces)
+$MT train-tokenizer --train $DATA/train --src de --tgt en --vocab-size ${VOCAB:-8000} --output data/tokenizers/de-en 2>&1 | tee logs/tokenizer-de-en.txt
+$MT train-tokenizer --train $DATA/train --src en --tgt de --vocab-size ${VOCAB:-8000} --output data/tokenizers/en-de 2>&1 | tee logs/tokenizer-en-de.txt
+
+COMMON="--train $DATA/train --valid $DATA/val --device $DEVICE --epochs 60 --patience 8 --max-minutes $MINUTES --share-embeddings"
+ATT="--attention luong --bidirectional --hidden-size 448"
+run() {  # name, arguments...
+  local name=$1; shift
+  echo "mt train $* --output runs/$name" > logs/$name.command
+  $MT train "$@" --output runs/$name > logs/$name.txt 2>&1 &
+}
+run de-en-luong        $COMMON --src de --tgt en $ATT --keep-checkpoints 5
+run de-en-bahdanau     $COMMON --src de --tgt en --attention bahdanau --bidirectional --hidden-size 448 --keep-checkpoints 5
+run de-en-luong-drop5  $COMMON --src de --tgt en $ATT --dropout 0.5 --keep-checkpoints 5
+run de-en-luong-nols   $COMMON --src de --tgt en $ATT --label-smoothing 0
+run de-en-luong-constlr $COMMON --src de --tgt en $ATT --lr-patience 1000
+run en-de-luong        $COMMON --src en --tgt de $ATT --keep-checkpoints 5
+run en-de-luong-drop5  $COMMON --src en --tgt de $ATT --dropout 0.5 --keep-checkpoints 5
+run de-en-base         $COMMON --src de --tgt en --attention none --keep-checkpoints 5
+run de-en-base-bidir   $COMMON --src de --tgt en --attention none --bidirectional --keep-checkpoints 5
+run de-en-base-noreverse $COMMON --src de --tgt en --attention none --no-reverse-source
+wait
+nvidia-smi --query-gpu=memory.used --format=csv >> logs/machine.txt
+
+# -- for each candidate: best checkpoint vs average of the last 5, scored on val at beam 5
+score() {  # checkpoint, src, tgt -> BLEU on val
+  $MT evaluate --model "$1" --src $DATA/val.$2.gz --ref $DATA/val.$3.gz --beam 5 --json --device $DEVICE 2>/dev/null \
+    | python3 -c "import json,sys; print(json.load(sys.stdin)['bleu'])"
+}
+pick() {  # shipped name, src, tgt, candidate runs...
+  local name=$1 src=$2 tgt=$3; shift 3
+  local best_score=-1 best_path=""
+  for run in "$@"; do
+    $MT average runs/$run/step-*.safetensors --output runs/$run/averaged.safetensors 2>/dev/null
+    for candidate in runs/$run/best.safetensors runs/$run/averaged.safetensors; do
+      local s; s=$(score $candidate $src $tgt)
+      echo "$name $candidate val-beam5 $s" | tee -a logs/selection.txt
+      if python3 -c "import sys; sys.exit(0 if float('${s:--1}') > float('$best_score') else 1)"; then
+        best_score=$s; best_path=$candidate
+      fi
+    done
+  done
+  echo "$name chosen $best_path $best_score" | tee -a logs/selection.txt
+  $MT average "$best_path" --output runs/$name.safetensors --fp16
+  echo "fp16 $(score runs/$name.safetensors $src $tgt)" | sed "s/^/$name /" | tee -a logs/selection.txt
+  split -b 15000000 runs/$name.safetensors "$OUT/$name.part-"
+}
+pick de-en de en de-en-luong de-en-bahdanau de-en-luong-drop5 &
+pick en-de en de en-de-luong en-de-luong-drop5 &
+pick de-en-base de en de-en-base de-en-base-bidir &
+wait
+for run in runs/*/; do cp "$run/log.jsonl" "logs/$(basename "$run").jsonl" 2>/dev/null; done
+tar czf "$OUT/logs.tar.gz" logs
+ls -la "$OUT"

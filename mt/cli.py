@@ -1,0 +1,484 @@
+"""The `mt` command line: thin Typer commands over the package's functions.
+
+Every error a user can cause surfaces as `MTError` and is printed here as
+one line on stderr with exit status 1; nothing else prints tracebacks.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mt import __version__
+from mt.config import MTError
+
+app = typer.Typer(
+    name="mt",
+    help="Translate with an LSTM encoder-decoder: train tokenizers and models, evaluate with BLEU, translate.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Cell(str, Enum):
+    lstm = "lstm"
+    gru = "gru"
+    rnn = "rnn"
+
+
+class AttentionKind(str, Enum):
+    none = "none"
+    bahdanau = "bahdanau"
+    luong = "luong"
+
+
+class ModelType(str, Enum):
+    unigram = "unigram"
+    bpe = "bpe"
+
+
+def user_errors(command):
+    """Print an MTError as one line on stderr and exit 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except MTError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def resolve_device(device: Device):
+    import torch
+
+    if device == Device.auto:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == Device.cuda and not torch.cuda.is_available():
+        raise MTError("--device cuda was asked for, but no CUDA device is available")
+    return torch.device(device.value)
+
+
+def default_model() -> Path:
+    from mt.checkpoint import DEFAULT_MODEL
+
+    return DEFAULT_MODEL
+
+
+ModelOption = Annotated[
+    Optional[Path], typer.Option("--model", "-m", help="Checkpoint file or directory. [default: the shipped checkpoints/de-en]")
+]
+BeamOption = Annotated[int, typer.Option("--beam", "-b", help="Beam size; 1 is greedy search.")]
+LengthPenaltyOption = Annotated[
+    float, typer.Option("--length-penalty", help="GNMT length penalty alpha: 0 ranks by raw log-probability, 1 normalises by length.")
+]
+DeviceOption = Annotated[Device, typer.Option(help="Where to run: auto picks CUDA when available.")]
+
+
+@app.command("prepare-data")
+@user_errors
+def prepare_data_cli(
+    dataset: Annotated[str, typer.Option(help="A Hugging Face translation dataset on the hub.")] = "bentrevett/multi30k",
+    output: Annotated[Path, typer.Option(help="Directory for the {split}.{lang}.gz files.")] = Path("data/multi30k"),
+):
+    """Download a translation dataset through `datasets` as one text file per split and language.
+
+    Example: mt prepare-data --dataset bentrevett/multi30k --output data/multi30k
+    """
+    from mt.data import export_dataset
+
+    for path in export_dataset(dataset, output):
+        typer.echo(f"wrote {path}", err=True)
+
+
+@app.command("train-tokenizer")
+@user_errors
+def train_tokenizer_cli(
+    train: Annotated[str, typer.Option(help="Training corpus: a file prefix, a .tsv file, or hf:NAME[@SPLIT].")] = "data/multi30k/train",
+    src: Annotated[str, typer.Option(help="Source language (file suffix or dataset key).")] = "de",
+    tgt: Annotated[str, typer.Option(help="Target language (file suffix or dataset key).")] = "en",
+    vocab_size: Annotated[int, typer.Option(help="Subword vocabulary size (per tokenizer).")] = 8000,
+    model_type: Annotated[ModelType, typer.Option(help="SentencePiece algorithm.")] = ModelType.unigram,
+    joint: Annotated[bool, typer.Option("--joint/--separate", help="One tokenizer for both languages, or one each.")] = True,
+    output: Annotated[Optional[Path], typer.Option(help="Output directory. [default: data/tokenizers/SRC-TGT]")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed for SentencePiece's sampling.")] = 1,
+):
+    """Train SentencePiece tokenizers on the training side of a corpus.
+
+    Example: mt train-tokenizer --train data/multi30k/train --src de --tgt en --vocab-size 8000
+    """
+    from mt.data import load_corpus
+    from mt.tokenizer import TokenizerPair, train_sentencepiece
+
+    if vocab_size < 8:
+        raise MTError(f"--vocab-size must be >= 8, got {vocab_size}")
+    corpus = load_corpus(train, src, tgt)
+    options = dict(vocab_size=vocab_size, model_type=model_type.value, seed=seed)
+    if joint:
+        source = target = train_sentencepiece([*corpus["source"], *corpus["target"]], **options)
+    else:
+        source = train_sentencepiece(corpus["source"], **options)
+        target = train_sentencepiece(corpus["target"], **options)
+    output = output or Path("data/tokenizers") / f"{src}-{tgt}"
+    TokenizerPair(source, target).save(output)
+    kind = "joint" if joint else "separate"
+    typer.echo(f"wrote {kind} {model_type.value} tokenizers ({source.vocab_size} / {target.vocab_size} pieces) to {output}", err=True)
+
+
+@app.command("train")
+@user_errors
+def train_cli(
+    train: Annotated[str, typer.Option(help="Training corpus: a file prefix, a .tsv file, or hf:NAME[@SPLIT].")] = "data/multi30k/train",
+    valid: Annotated[str, typer.Option(help="Validation corpus, same forms as --train.")] = "data/multi30k/val",
+    src: Annotated[str, typer.Option(help="Source language.")] = "de",
+    tgt: Annotated[str, typer.Option(help="Target language.")] = "en",
+    tokenizer: Annotated[Optional[Path], typer.Option(help="Tokenizer directory. [default: data/tokenizers/SRC-TGT]")] = None,
+    output: Annotated[Optional[Path], typer.Option(help="Run directory. [default: runs/SRC-TGT]")] = None,
+    embedding_size: Annotated[int, typer.Option(help="Embedding size E.")] = 256,
+    hidden_size: Annotated[int, typer.Option(help="Hidden size H of the recurrent layers.")] = 512,
+    layers: Annotated[int, typer.Option(help="Recurrent layers in encoder and decoder.")] = 2,
+    dropout: Annotated[float, typer.Option(help="Dropout on embeddings, between layers and before the output.")] = 0.3,
+    cell: Annotated[Cell, typer.Option(help="Recurrent cell.")] = Cell.lstm,
+    attention: Annotated[AttentionKind, typer.Option(help="none: the encoder's final state is all the decoder sees.")] = AttentionKind.none,
+    bidirectional: Annotated[bool, typer.Option(help="Bidirectional encoder, bridged to the decoder.")] = False,
+    reverse_source: Annotated[bool, typer.Option(help="Read the source backwards (Sutskever et al. 2014).")] = True,
+    tie_embeddings: Annotated[bool, typer.Option(help="Tie the decoder's input and output embeddings.")] = True,
+    share_embeddings: Annotated[bool, typer.Option(help="One embedding matrix for both languages (joint tokenizer).")] = False,
+    batch_tokens: Annotated[int, typer.Option(help="Tokens per batch (padded, the longer side).")] = 4096,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
+    clip_norm: Annotated[float, typer.Option(help="Clip the gradient norm to this (exploding gradients).")] = 1.0,
+    label_smoothing: Annotated[float, typer.Option(help="Label smoothing of the loss.")] = 0.1,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 30,
+    max_steps: Annotated[int, typer.Option(help="Stop after this many updates (0: no limit).")] = 0,
+    validate_every: Annotated[int, typer.Option(help="Validate every N updates (0: every epoch).")] = 0,
+    patience: Annotated[int, typer.Option(help="Stop after N validations without a better BLEU (0: never).")] = 5,
+    lr_patience: Annotated[int, typer.Option(help="Decay the learning rate after N validations without gain.")] = 2,
+    lr_decay: Annotated[float, typer.Option(help="Factor of each learning-rate decay.")] = 0.5,
+    warmup_steps: Annotated[int, typer.Option(help="Linear learning-rate warm-up steps.")] = 0,
+    max_length: Annotated[int, typer.Option(help="Drop training pairs longer than this many subwords.")] = 100,
+    validation_beam: Annotated[int, typer.Option(help="Beam size for validation BLEU.")] = 1,
+    max_minutes: Annotated[float, typer.Option(help="Stop after this many minutes of wall time (0: no limit).")] = 0.0,
+    keep_checkpoints: Annotated[int, typer.Option(help="Keep the last N validation checkpoints, for mt average.")] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed on CPU gives the same model.")] = 1,
+    device: DeviceOption = Device.auto,
+    overwrite: Annotated[bool, typer.Option(help="Start afresh even if the run directory holds a finished run.")] = False,
+):
+    """Train an encoder-decoder; keeps the best (by validation BLEU) and the last checkpoint.
+
+    Re-running the same command on the same --output resumes an interrupted run.
+
+    Example: mt train --src de --tgt en --attention luong --bidirectional --output runs/de-en
+    """
+    import platform
+
+    import sacrebleu
+    import sentencepiece
+    import torch
+
+    from mt.config import ModelConfig, TrainConfig
+    from mt.data import corpus_fingerprint, load_corpus, tokenize_corpus
+    from mt.tokenizer import TokenizerPair
+    from mt.train import Trainer, progress_bar
+
+    train_config = TrainConfig(
+        batch_tokens=batch_tokens,
+        learning_rate=lr,
+        clip_norm=clip_norm,
+        label_smoothing=label_smoothing,
+        max_epochs=epochs,
+        max_steps=max_steps,
+        validate_every=validate_every,
+        patience=patience,
+        lr_patience=lr_patience,
+        lr_decay=lr_decay,
+        warmup_steps=warmup_steps,
+        max_length=max_length,
+        seed=seed,
+        validation_beam=validation_beam,
+        max_minutes=max_minutes,
+        keep_checkpoints=keep_checkpoints,
+    )
+    tokenizers = TokenizerPair.load(tokenizer or Path("data/tokenizers") / f"{src}-{tgt}")
+    model_config = ModelConfig(
+        src_vocab_size=tokenizers.source.vocab_size,
+        tgt_vocab_size=tokenizers.target.vocab_size,
+        embedding_size=embedding_size,
+        hidden_size=hidden_size,
+        num_layers=layers,
+        dropout=dropout,
+        cell=cell.value,
+        attention=attention.value,
+        bidirectional=bidirectional,
+        reverse_source=reverse_source,
+        tie_embeddings=tie_embeddings,
+        share_embeddings=share_embeddings,
+    )
+    output = output or Path("runs") / f"{src}-{tgt}"
+    trainer_output_last = output / "last.safetensors"
+    resume = False
+    if trainer_output_last.exists() and not overwrite:
+        from mt.checkpoint import load_checkpoint
+
+        info = load_checkpoint(trainer_output_last).info
+        if info.get("trainer_state", {}).get("finished"):
+            raise MTError(f"{output} holds a finished run; pass --overwrite to train again, or choose another --output")
+        resume = True
+    elif overwrite:
+        for old in [*output.glob("*.safetensors"), output / "log.jsonl"]:
+            old.unlink(missing_ok=True)
+
+    err = _stderr_console()
+    train_data = load_corpus(train, src, tgt)
+    valid_data = load_corpus(valid, src, tgt)
+    corpus = tokenize_corpus(train_data, tokenizers, max_length)
+    if not corpus.source:
+        raise MTError(f"no training pairs left after filtering empty and longer than {max_length} subwords")
+    err.print(f"training pairs: {len(corpus.source):,} kept, {corpus.dropped:,} dropped (empty or longer than {max_length} subwords)")
+    info = {
+        "source_language": src,
+        "target_language": tgt,
+        "train_corpus": train,
+        "train_fingerprint": corpus_fingerprint(train, src, tgt, train_data),
+        "valid_corpus": valid,
+        "seed": seed,
+        "command": " ".join(["mt", *sys.argv[1:]]) if Path(sys.argv[0]).name in ("mt", "__main__.py") else None,
+        "versions": {
+            "mt": __version__,
+            "torch": torch.__version__,
+            "sentencepiece": sentencepiece.__version__,
+            "sacrebleu": sacrebleu.__version__,
+            "python": platform.python_version(),
+        },
+    }
+    device_ = resolve_device(device)
+    trainer = Trainer(
+        model_config,
+        train_config,
+        tokenizers,
+        corpus,
+        (valid_data["source"], valid_data["target"]),
+        output,
+        device_,
+        info,
+        err,
+    )
+    if resume:
+        trainer.resume()
+        err.print(f"resuming {output} at step {trainer.state.step} (epoch {trainer.state.epoch + 1})")
+    err.print(f"model: {trainer.model.num_parameters():,} parameters on {device_}")
+    try:
+        with progress_bar(err) as progress:
+            result = trainer.run(progress)
+    except KeyboardInterrupt:
+        err.print(f"interrupted at step {trainer.state.step}; saved {trainer.last_path}. Resume with the same command.")
+        raise typer.Exit(130) from None
+    err.print(f"best validation BLEU {result.best_bleu:.2f}: {result.best}")
+    err.print(f"last checkpoint: {result.last}")
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _load_translator(model: Optional[Path], device: Device):
+    from mt.checkpoint import load_checkpoint
+    from mt.evaluate import Translator
+
+    device_ = resolve_device(device)
+    checkpoint = load_checkpoint(model or default_model(), device_)
+    return Translator(checkpoint.model, checkpoint.tokenizers, device_, warn=lambda m: typer.echo(f"warning: {m}", err=True))
+
+
+def _decode_config(beam: int, length_penalty: float):
+    from mt.config import DecodeConfig
+
+    return DecodeConfig(beam_size=beam, length_penalty=length_penalty)
+
+
+@app.command("evaluate")
+@user_errors
+def evaluate_cli(
+    src: Annotated[Path, typer.Option(help="Source sentences, one per line (.gz allowed).")],
+    ref: Annotated[Path, typer.Option(help="Reference translations, one per line.")],
+    model: ModelOption = None,
+    beam: BeamOption = 5,
+    length_penalty: LengthPenaltyOption = 1.0,
+    output: Annotated[Optional[Path], typer.Option(help="Write the translations to this file.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")] = False,
+    device: DeviceOption = Device.auto,
+):
+    """Translate a file and score it against references with sacreBLEU (BLEU and chrF).
+
+    Example: mt evaluate --model checkpoints/de-en --src data/multi30k/test_2016_flickr.de.gz --ref data/multi30k/test_2016_flickr.en.gz
+    """
+    from mt.checkpoint import write_atomic
+    from mt.data import read_lines
+    from mt.evaluate import score
+
+    decode = _decode_config(beam, length_penalty)
+    sources, references = read_lines(src), read_lines(ref)
+    if len(sources) != len(references):
+        raise MTError(f"{src} has {len(sources)} lines but {ref} has {len(references)}")
+    if not sources:
+        raise MTError(f"{src} is empty")
+    translator = _load_translator(model, device)
+    hypotheses = translator.translate(sources, decode)
+    if output is not None:
+        write_atomic(output, "".join(h + "\n" for h in hypotheses).encode())
+    scores = score(hypotheses, references)
+    if as_json:
+        typer.echo(json.dumps({"model": str(model or default_model()), "beam": beam, "length_penalty": length_penalty, **scores}))
+        return
+    typer.echo(f"BLEU  {scores['bleu']:6.2f}  {scores['bleu_signature']}")
+    typer.echo(f"BLEU  {scores['bleu_lowercase']:6.2f}  {scores['bleu_lowercase_signature']}")
+    typer.echo(f"chrF  {scores['chrf']:6.2f}  {scores['chrf_signature']}")
+
+
+def _read_stdin_lines() -> list[str]:
+    data = sys.stdin.buffer.read()
+    raw_lines = data.split(b"\n")
+    if raw_lines and raw_lines[-1] == b"":
+        raw_lines.pop()
+    lines = []
+    for number, raw in enumerate(raw_lines, start=1):
+        try:
+            lines.append(raw.decode("utf-8").rstrip("\r"))
+        except UnicodeDecodeError:
+            raise MTError(f"standard input: line {number} is not valid UTF-8") from None
+    return lines
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.splitlines())
+
+
+def _show_alignment(translator, source: str, translation: str) -> None:
+    """Print the attention weights as a compact source-by-target grid."""
+    alignment = translator.alignment(source, translation)
+    if alignment is None:
+        typer.echo("  (this model has no attention to show)", err=True)
+        return
+    source_pieces, target_pieces, weights = alignment
+    shades = " ░▒▓█"
+    width = max(len(p) for p in target_pieces)
+    for row, piece in enumerate(target_pieces):
+        cells = "".join(shades[min(4, int(float(w) * 5))] * 2 for w in weights[row])
+        typer.echo(f"  {piece:>{width}} |{cells}|")
+    typer.echo(f"  {'':>{width}}  " + " ".join(f"{i}:{p}" for i, p in enumerate(source_pieces)))
+
+
+@app.command("translate")
+@user_errors
+def translate_cli(
+    text: Annotated[Optional[list[str]], typer.Argument(help="Sentences to translate; without them, read stdin.")] = None,
+    model: ModelOption = None,
+    beam: BeamOption = 5,
+    length_penalty: LengthPenaltyOption = 1.0,
+    n_best: Annotated[int, typer.Option(help="Show the N best translations with their scores (interactive).")] = 1,
+    show_attention: Annotated[bool, typer.Option(help="Show the source-target attention (interactive, attention models).")] = False,
+    device: DeviceOption = Device.auto,
+):
+    """Translate sentences: from arguments, from a pipe (one per line), or interactively.
+
+    Examples:
+      mt translate "Ein Hund läuft über die Wiese."
+      mt translate < sentences.de > sentences.en
+      mt translate              (interactive; Ctrl-D to quit)
+    """
+    decode = _decode_config(beam, length_penalty)
+    if not 1 <= n_best <= beam:
+        raise MTError(f"--n-best must be between 1 and --beam ({beam}), got {n_best}")
+    translator = _load_translator(model, device)
+    if text:
+        for translation in translator.translate(text, decode):
+            typer.echo(_one_line(translation))
+        return
+    if not sys.stdin.isatty():
+        lines = _read_stdin_lines()
+        chunk = 256
+        for start in range(0, len(lines), chunk):
+            for translation in translator.translate(lines[start : start + chunk], decode):
+                sys.stdout.write(_one_line(translation) + "\n")
+            sys.stdout.flush()
+        return
+    _interactive(translator, decode, n_best, show_attention)
+
+
+def _interactive(translator, decode, n_best: int, show_attention: bool) -> None:
+    import readline  # noqa: F401  (line editing and history for input())
+
+    history = Path.home() / ".mt_history"
+    try:
+        readline.read_history_file(history)
+    except OSError:
+        pass
+    info = translator.tokenizers
+    typer.echo(f"mt {__version__}: type a sentence, Enter to translate; Ctrl-D to quit. ({info.source.vocab_size} subwords)", err=True)
+    try:
+        while True:
+            line = input("> ")
+            if not line.strip():
+                continue
+            candidates = translator.translate_n_best([line], decode, n_best)[0]
+            typer.echo(_one_line(candidates[0].text))
+            if n_best > 1:
+                for rank, candidate in enumerate(candidates, start=1):
+                    typer.echo(f"  {rank}. ({candidate.score:.3f}) {_one_line(candidate.text)}")
+            if show_attention:
+                _show_alignment(translator, line, candidates[0].text)
+    except (EOFError, KeyboardInterrupt):
+        typer.echo("", err=True)
+    finally:
+        try:
+            readline.write_history_file(history)
+        except OSError:
+            pass
+
+
+@app.command("average")
+@user_errors
+def average_cli(
+    checkpoints: Annotated[list[Path], typer.Argument(help="Checkpoints of one model, e.g. runs/de-en/step-*.safetensors.")],
+    output: Annotated[Path, typer.Option(help="Where to write the averaged checkpoint (file or directory).")],
+    fp16: Annotated[bool, typer.Option(help="Store the weights in float16 (half the size).")] = False,
+):
+    """Average the weights of several checkpoints of one run (or convert one to fp16).
+
+    Example: mt average runs/de-en/step-*.safetensors --output checkpoints/de-en --fp16
+    """
+    import torch
+
+    from mt.checkpoint import FILENAME, average_checkpoints, save_checkpoint
+
+    averaged = average_checkpoints(checkpoints)
+    info = {key: value for key, value in averaged.info.items() if key not in ("trainer_state", "optimizer_groups")}
+    target = output / FILENAME if output.is_dir() or not output.suffix else output
+    save_checkpoint(target, averaged.model, averaged.tokenizers, info, dtype=torch.float16 if fp16 else None)
+    typer.echo(f"wrote {target} (average of {len(checkpoints)})", err=True)
+
+
+@app.command("version")
+def version_cli():
+    """Print the version of mt."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    app()

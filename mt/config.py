@@ -1,0 +1,155 @@
+"""Typed, validated configuration: model, training and decoding.
+
+Each config is a frozen dataclass. It is validated once, when it is built
+(`__post_init__`), so inner code can trust it; a bad value raises `MTError`
+with the valid range in the message. Model configs travel inside checkpoints
+as JSON (`to_dict` / `from_dict`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+
+class MTError(Exception):
+    """An error the user can cause and fix: printed by the CLI as one line."""
+
+
+CELLS = ("lstm", "gru", "rnn")
+ATTENTIONS = ("none", "bahdanau", "luong")
+
+
+def _check_range(name: str, value: float, low: float, high: float | None = None, *, low_open: bool = False) -> None:
+    too_low = value <= low if low_open else value < low
+    if too_low or (high is not None and value > high):
+        bound = f"> {low}" if low_open else f">= {low}"
+        valid = f"{bound} and <= {high}" if high is not None else bound
+        raise MTError(f"{name} must be {valid}, got {value}")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise MTError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+class _JSONConfig:
+    """JSON round trip shared by the configs; unknown keys are an error."""
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]):
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - names
+        if unknown:
+            raise MTError(f"unknown {cls.__name__} keys: {', '.join(sorted(unknown))}")
+        try:
+            return cls(**values)
+        except TypeError as error:
+            raise MTError(f"invalid {cls.__name__}: {error}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class ModelConfig(_JSONConfig):
+    """The shape of an encoder-decoder. Stored inside every checkpoint.
+
+    The defaults are the design's model (Sutskever et al. 2014): an LSTM
+    encoder whose final state is the decoder's only view of the source, read
+    in reverse order.
+    """
+
+    src_vocab_size: int
+    tgt_vocab_size: int
+    embedding_size: int = 256
+    hidden_size: int = 512
+    num_layers: int = 2
+    dropout: float = 0.3
+    cell: str = "lstm"
+    attention: str = "none"
+    bidirectional: bool = False
+    reverse_source: bool = True
+    tie_embeddings: bool = True
+    share_embeddings: bool = False
+    pad_id: int = 0
+    bos_id: int = 2
+    eos_id: int = 3
+    max_source_length: int = 256
+
+    def __post_init__(self) -> None:
+        _check_range("src_vocab_size", self.src_vocab_size, 8)
+        _check_range("tgt_vocab_size", self.tgt_vocab_size, 8)
+        _check_range("embedding_size", self.embedding_size, 1)
+        _check_range("hidden_size", self.hidden_size, 2)
+        _check_range("num_layers", self.num_layers, 1)
+        _check_range("dropout", self.dropout, 0.0, 0.9)
+        _check_range("max_source_length", self.max_source_length, 1)
+        _check_choice("cell", self.cell, CELLS)
+        _check_choice("attention", self.attention, ATTENTIONS)
+        if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
+            raise MTError("share_embeddings needs one joint vocabulary (train the tokenizer with --joint)")
+        if self.bidirectional and self.hidden_size % 2:
+            raise MTError("hidden_size must be even for a bidirectional encoder (each direction gets half)")
+
+
+@dataclass(frozen=True)
+class TrainConfig(_JSONConfig):
+    """How to train: optimisation, batching, validation and stopping."""
+
+    batch_tokens: int = 4096
+    learning_rate: float = 1e-3
+    clip_norm: float = 1.0
+    label_smoothing: float = 0.1
+    max_epochs: int = 30
+    max_steps: int = 0
+    validate_every: int = 0
+    patience: int = 5
+    lr_patience: int = 2
+    lr_decay: float = 0.5
+    warmup_steps: int = 0
+    max_length: int = 100
+    seed: int = 1
+    validation_beam: int = 1
+    max_bad_steps: int = 20
+    max_minutes: float = 0.0
+    keep_checkpoints: int = 0
+
+    def __post_init__(self) -> None:
+        _check_range("batch_tokens", self.batch_tokens, 1)
+        _check_range("learning_rate", self.learning_rate, 0.0, low_open=True)
+        _check_range("clip_norm", self.clip_norm, 0.0, low_open=True)
+        _check_range("label_smoothing", self.label_smoothing, 0.0, 0.99)
+        _check_range("max_epochs", self.max_epochs, 1)
+        _check_range("max_steps", self.max_steps, 0)
+        _check_range("validate_every", self.validate_every, 0)
+        _check_range("patience", self.patience, 0)
+        _check_range("lr_patience", self.lr_patience, 0)
+        _check_range("lr_decay", self.lr_decay, 0.0, 1.0, low_open=True)
+        _check_range("warmup_steps", self.warmup_steps, 0)
+        _check_range("max_length", self.max_length, 1)
+        _check_range("validation_beam", self.validation_beam, 1)
+        _check_range("max_bad_steps", self.max_bad_steps, 1)
+        _check_range("max_minutes", self.max_minutes, 0.0)
+        _check_range("keep_checkpoints", self.keep_checkpoints, 0)
+
+
+@dataclass(frozen=True)
+class DecodeConfig(_JSONConfig):
+    """How to search: beam size, length penalty and the output length limit.
+
+    The output may be at most `max_length_ratio * source_length +
+    max_length_offset` tokens long.
+    """
+
+    beam_size: int = 5
+    length_penalty: float = 1.0
+    max_length_ratio: float = 1.5
+    max_length_offset: int = 10
+
+    def __post_init__(self) -> None:
+        _check_range("beam_size", self.beam_size, 1)
+        _check_range("length_penalty", self.length_penalty, 0.0, 5.0)
+        _check_range("max_length_ratio", self.max_length_ratio, 0.0, low_open=True)
+        _check_range("max_length_offset", self.max_length_offset, 0)

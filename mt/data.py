@@ -1,0 +1,298 @@
+"""Parallel corpora: reading, tokenizing, filtering, and length-bucketed batches.
+
+A corpus is named by a *spec* string:
+
+- `PREFIX`: two plain-text files `PREFIX.SRC` and `PREFIX.TGT` (`.gz` allowed),
+  one sentence per line, e.g. `data/multi30k/train` with `de` and `en`;
+- `FILE.tsv` (or `.tsv.gz`): one pair per line, source TAB target;
+- `hf:NAME[@SPLIT]` or a directory written by `Dataset.save_to_disk`: a Hugging
+  Face dataset, read through `datasets`. Columns are found by key: a flat
+  column per language (`de`, `en`), or a `translation` dict column as in the
+  WMT datasets.
+
+Every reader returns a `datasets.Dataset` with the columns `source` and
+`target`; tokenizing is an Arrow-backed `Dataset.map`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from mt.config import MTError
+
+if TYPE_CHECKING:  # datasets is slow to import; only corpus readers need it
+    import datasets
+
+    from mt.tokenizer import TokenizerPair
+
+
+def open_text(path: Path):
+    """Open a text file (gzip when it ends in .gz) for reading bytes."""
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def iter_lines(path: Path) -> Iterator[str]:
+    """Yield the lines of a UTF-8 text file without their line ends.
+
+    Raises `MTError` naming the file and line for a missing or unreadable file
+    or a line that is not UTF-8.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise MTError(f"file not found: {path}")
+    if path.is_dir():
+        raise MTError(f"expected a file, got a directory: {path}")
+    try:
+        with open_text(path) as handle:
+            for number, raw in enumerate(handle, start=1):
+                try:
+                    yield raw.decode("utf-8").rstrip("\r\n")
+                except UnicodeDecodeError:
+                    raise MTError(f"{path}: line {number} is not valid UTF-8") from None
+    except OSError as error:  # permissions, a corrupt gzip stream
+        raise MTError(f"cannot read {path}: {error.strerror or error}") from None
+
+
+def read_lines(path: Path) -> list[str]:
+    return list(iter_lines(path))
+
+
+def _language_file(prefix: str, language: str) -> Path:
+    for candidate in (Path(f"{prefix}.{language}"), Path(f"{prefix}.{language}.gz")):
+        if candidate.exists():
+            return candidate
+    raise MTError(f"file not found: {prefix}.{language} (or {prefix}.{language}.gz)")
+
+
+def corpus_files(spec: str, src_lang: str, tgt_lang: str) -> list[Path]:
+    """The local files a text or TSV corpus spec reads (empty for `datasets` corpora)."""
+    if _is_datasets_spec(spec):
+        return []
+    if _is_tsv(spec):
+        return [Path(spec)]
+    return [_language_file(spec, src_lang), _language_file(spec, tgt_lang)]
+
+
+def _is_tsv(spec: str) -> bool:
+    return spec.endswith((".tsv", ".tsv.gz"))
+
+
+def _is_datasets_spec(spec: str) -> bool:
+    path = Path(spec)
+    return spec.startswith("hf:") or (path.is_dir() and (path / "dataset_info.json").exists())
+
+
+def _read_text_pair(spec: str, src_lang: str, tgt_lang: str) -> tuple[list[str], list[str]]:
+    src_path, tgt_path = corpus_files(spec, src_lang, tgt_lang)
+    source, target = read_lines(src_path), read_lines(tgt_path)
+    if len(source) != len(target):
+        raise MTError(
+            f"{src_path} has {len(source)} lines but {tgt_path} has {len(target)}; a parallel corpus needs one line per pair"
+        )
+    return source, target
+
+
+def _read_tsv(path: Path) -> tuple[list[str], list[str]]:
+    source, target = [], []
+    for number, line in enumerate(iter_lines(path), start=1):
+        fields = line.split("\t")
+        if len(fields) != 2:
+            raise MTError(f"{path}: line {number} has {len(fields)} tab-separated columns; expected 2 (source, target)")
+        source.append(fields[0])
+        target.append(fields[1])
+    return source, target
+
+
+def _read_datasets(spec: str, src_key: str, tgt_key: str) -> datasets.Dataset:
+    import datasets
+
+    name, _, split = spec.removeprefix("hf:").partition("@")
+    try:
+        if spec.startswith("hf:"):
+            dataset = datasets.load_dataset(name, split=split or "train")
+        else:
+            dataset = datasets.load_from_disk(name)
+            if isinstance(dataset, datasets.DatasetDict):
+                dataset = dataset[split or "train"]
+    except (FileNotFoundError, ValueError, KeyError, ConnectionError) as error:
+        raise MTError(f"cannot load dataset {spec!r}: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+    except Exception as error:  # the hub client raises many types for a missing dataset
+        raise MTError(f"cannot load dataset {spec!r}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from None
+    columns = dataset.column_names
+    if src_key in columns and tgt_key in columns:
+        return dataset.select_columns([src_key, tgt_key]).rename_columns({src_key: "source", tgt_key: "target"})
+    if "translation" in columns:
+        return dataset.map(
+            lambda row: {"source": row["translation"][src_key], "target": row["translation"][tgt_key]},
+            remove_columns=columns,
+        )
+    raise MTError(f"dataset {spec!r} has columns {columns}; expected {src_key!r} and {tgt_key!r}, or 'translation'")
+
+
+def load_corpus(spec: str, src_lang: str, tgt_lang: str) -> datasets.Dataset:
+    """Read a parallel corpus (see the module docstring) as a Dataset(source, target)."""
+    import datasets
+
+    if _is_datasets_spec(spec):
+        dataset = _read_datasets(spec, src_lang, tgt_lang)
+    else:
+        source, target = _read_tsv(Path(spec)) if _is_tsv(spec) else _read_text_pair(spec, src_lang, tgt_lang)
+        dataset = datasets.Dataset.from_dict({"source": source, "target": target})
+    if len(dataset) == 0:
+        raise MTError(f"corpus {spec!r} is empty")
+    return dataset
+
+
+def corpus_fingerprint(spec: str, src_lang: str, tgt_lang: str, dataset: datasets.Dataset) -> str:
+    """SHA-256 of the corpus files, or the dataset's own fingerprint."""
+    files = corpus_files(spec, src_lang, tgt_lang)
+    if not files:
+        return f"datasets:{dataset._fingerprint}"
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.read_bytes())
+    return f"sha256:{digest.hexdigest()}"
+
+
+@dataclass(frozen=True)
+class TokenizedCorpus:
+    """Token ids of each kept pair, and how many pairs the length filter dropped."""
+
+    source: list[list[int]]
+    target: list[list[int]]
+    dropped: int
+
+
+def tokenize_corpus(dataset: datasets.Dataset, tokenizers: TokenizerPair, max_length: int) -> TokenizedCorpus:
+    """Encode both sides with `Dataset.map` and drop pairs that are empty or
+    longer than `max_length` subwords on either side."""
+    proto_hash = hashlib.sha256(tokenizers.source.model_proto + tokenizers.target.model_proto).hexdigest()[:16]
+    encoded = dataset.map(
+        lambda batch: {
+            "source_ids": tokenizers.source.encode(batch["source"]),
+            "target_ids": tokenizers.target.encode(batch["target"]),
+        },
+        batched=True,
+        new_fingerprint=f"{dataset._fingerprint}-{proto_hash}",
+        desc="tokenizing",
+    )
+    kept = encoded.filter(
+        lambda batch: [
+            0 < len(s) <= max_length and 0 < len(t) <= max_length
+            for s, t in zip(batch["source_ids"], batch["target_ids"])
+        ],
+        batched=True,
+        new_fingerprint=f"{encoded._fingerprint}-len{max_length}",
+        desc="filtering",
+    )
+    return TokenizedCorpus(kept["source_ids"], kept["target_ids"], len(dataset) - len(kept))
+
+
+def make_batches(
+    lengths: Sequence[int], batch_tokens: int, generator: torch.Generator | None = None
+) -> list[list[int]]:
+    """Group example indices into batches of similar length.
+
+    Examples are sorted by length (ties broken at random when `generator` is
+    given, so batches differ between epochs), cut into batches whose padded
+    size `max_length * count` stays within `batch_tokens` (a longer single
+    example gets a batch of its own), and the batch order is shuffled.
+    Every index appears in exactly one batch.
+    """
+    if generator is None:
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    else:
+        noise = torch.rand(len(lengths), generator=generator).tolist()
+        order = sorted(range(len(lengths)), key=lambda i: (lengths[i], noise[i]))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in order:
+        if current and lengths[index] * (len(current) + 1) > batch_tokens:
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    if generator is not None:
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+    return batches
+
+
+def pad(sequences: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:
+    """Right-pad id lists into a (B, L) tensor."""
+    width = max((len(s) for s in sequences), default=0)
+    out = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        out[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+    return out
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One training batch. Targets are shifted for teacher forcing:
+    `target_in` starts with bos, `target_out` ends with eos."""
+
+    source: torch.Tensor  # (B, S)
+    source_lengths: torch.Tensor  # (B,)
+    target_in: torch.Tensor  # (B, T)
+    target_out: torch.Tensor  # (B, T)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.source_lengths.sum()) + int((self.target_out != 0).sum())
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(*(t.to(device, non_blocking=True) for t in (self.source, self.source_lengths, self.target_in, self.target_out)))
+
+
+def source_tensors(source: Sequence[Sequence[int]], pad_id: int, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Source id lists -> padded (B, S) tensor with eos closing each sentence, and lengths (B,)."""
+    closed = [[*s, eos_id] for s in source]
+    return pad(closed, pad_id), torch.tensor([len(s) for s in closed], dtype=torch.long)
+
+
+def collate(source: Sequence[Sequence[int]], target: Sequence[Sequence[int]], pad_id: int, bos_id: int, eos_id: int) -> Batch:
+    padded_source, source_lengths = source_tensors(source, pad_id, eos_id)
+    return Batch(
+        source=padded_source,
+        source_lengths=source_lengths,
+        target_in=pad([[bos_id, *t] for t in target], pad_id),
+        target_out=pad([[*t, eos_id] for t in target], pad_id),
+    )
+
+
+# Hugging Face split names -> the file names Multi30k uses.
+SPLIT_FILES = {"train": "train", "validation": "val", "test": "test_2016_flickr"}
+
+
+def export_dataset(name: str, output: Path) -> list[Path]:
+    """Write every split and language of a hub translation dataset as
+    `OUTPUT/{split}.{lang}.gz` text files (the layout `make data` expects)."""
+    import datasets
+
+    try:
+        splits = datasets.load_dataset(name)
+    except Exception as error:  # the hub client raises many types for a missing dataset
+        raise MTError(f"cannot load dataset {name!r}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from None
+    output.mkdir(parents=True, exist_ok=True)
+    written = []
+    for split, dataset in splits.items():
+        if "translation" in dataset.column_names:
+            dataset = dataset.map(lambda row: row["translation"], remove_columns=dataset.column_names)
+        for language in dataset.column_names:
+            path = output / f"{SPLIT_FILES.get(split, split)}.{language}.gz"
+            with gzip.open(path, "wt", encoding="utf-8") as out:
+                out.writelines(_single_line(text) + "\n" for text in dataset[language])
+            written.append(path)
+    return written
+
+
+def _single_line(text: str) -> str:
+    return " ".join(text.split("\n"))

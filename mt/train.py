@@ -1,0 +1,370 @@
+"""The training loop: teacher forcing, Adam with gradient-norm clipping,
+validation by BLEU, checkpoints that survive interruption.
+
+A run lives in one output directory:
+    best.safetensors   the checkpoint with the highest validation BLEU
+    last.safetensors   the latest checkpoint, with the trainer's state for resuming
+    log.jsonl          one JSON record per validation
+
+Re-running the same command on the same directory resumes from `last`: the
+model, the optimizer, the learning rate, the random state and the position
+in the data, so that a resumed CPU run ends with the same weights as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from mt.checkpoint import load_checkpoint, save_checkpoint
+from mt.config import DecodeConfig, ModelConfig, MTError, TrainConfig
+from mt.data import TokenizedCorpus, collate, make_batches
+from mt.evaluate import Translator, score
+from mt.model import Seq2Seq
+from mt.tokenizer import TokenizerPair
+
+
+@dataclass
+class TrainerState:
+    """Everything besides weights and optimizer moments that a resumed run needs."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # index of the next batch of `epoch`
+    learning_rate: float = 0.0
+    best_bleu: float = -1.0
+    validations_without_gain: int = 0
+    validations_since_decay: int = 0
+    skipped_steps: int = 0
+    elapsed_seconds: float = 0.0  # wall time of the run so far, validation included
+    train_seconds: float = 0.0  # time spent in training steps
+    train_tokens: int = 0  # source + target tokens trained on
+    finished: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    best: Path
+    last: Path
+    best_bleu: float
+    state: TrainerState
+
+
+def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float, pad_id: int) -> torch.Tensor:
+    """logits (B, T, V), target (B, T) -> mean cross-entropy over real target tokens."""
+    return F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)).float(), target.reshape(-1), ignore_index=pad_id, label_smoothing=smoothing
+    )
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """Adam's moments as named tensors (for safetensors) and its param groups as JSON-able dicts."""
+    state = optimizer.state_dict()
+    tensors = {
+        f"trainer.optimizer.{index}.{name}": value
+        for index, slots in state["state"].items()
+        for name, value in slots.items()
+    }
+    return tensors, state["param_groups"]
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[dict[str, Any]]) -> None:
+    slots: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("trainer.optimizer."):
+            index, name = key.removeprefix("trainer.optimizer.").split(".", 1)
+            slots.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": slots, "param_groups": groups})
+
+
+class _StopFlag:
+    """Turns the first Ctrl-C (SIGINT) into a request to stop after the current step."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> _StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+class Trainer:
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        train_config: TrainConfig,
+        tokenizers: TokenizerPair,
+        corpus: TokenizedCorpus,
+        validation: tuple[Sequence[str], Sequence[str]],
+        output: Path,
+        device: torch.device,
+        info: dict[str, Any],
+        console: Console | None = None,
+    ):
+        self.model_config = model_config
+        self.config = train_config
+        self.tokenizers = tokenizers
+        self.corpus = corpus
+        self.validation_sources, self.validation_references = validation
+        self.output = Path(output)
+        self.device = device
+        self.info = info
+        self.console = console or Console(stderr=True)
+        self.lengths = [max(len(s), len(t)) + 1 for s, t in zip(corpus.source, corpus.target)]
+
+        torch.manual_seed(train_config.seed)
+        self.model = Seq2Seq(model_config).to(device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=train_config.learning_rate)
+        self.state = TrainerState(learning_rate=train_config.learning_rate)
+        self.translator = Translator(self.model, tokenizers, device)
+        self.validation_decode = DecodeConfig(beam_size=train_config.validation_beam)
+
+    @property
+    def last_path(self) -> Path:
+        return self.output / "last.safetensors"
+
+    @property
+    def best_path(self) -> Path:
+        return self.output / "best.safetensors"
+
+    # -- checkpoints -------------------------------------------------------
+
+    def _info(self) -> dict[str, Any]:
+        return {
+            **self.info,
+            "train_config": self.config.to_dict(),
+            "step": self.state.step,
+            "epoch": self.state.epoch,
+            "best_validation_bleu": self.state.best_bleu,
+        }
+
+    def save_last(self) -> None:
+        optimizer_tensors, groups = _optimizer_tensors(self.optimizer)
+        extra = {**optimizer_tensors, "trainer.rng.cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            extra["trainer.rng.cuda"] = torch.cuda.get_rng_state()
+        info = {**self._info(), "trainer_state": self.state.__dict__, "optimizer_groups": groups}
+        save_checkpoint(self.last_path, self.model, self.tokenizers, info, extra)
+
+    def resume(self) -> None:
+        """Continue from `last` (the model config must match this run's)."""
+        checkpoint = load_checkpoint(self.last_path, self.device, with_extra=True)
+        if checkpoint.model.config != self.model_config:
+            raise MTError(f"{self.last_path} was trained with another model config; pass --overwrite to start afresh")
+        self.model.load_state_dict(checkpoint.model.state_dict())
+        _load_optimizer(self.optimizer, checkpoint.extra, checkpoint.info["optimizer_groups"])
+        self.state = TrainerState(**checkpoint.info["trainer_state"])
+        torch.set_rng_state(checkpoint.extra["trainer.rng.cpu"])
+        if "trainer.rng.cuda" in checkpoint.extra and torch.cuda.is_available():
+            torch.cuda.set_rng_state(checkpoint.extra["trainer.rng.cuda"])
+
+    # -- validation --------------------------------------------------------
+
+    @torch.inference_mode()
+    def validation_loss(self) -> float:
+        self.model.eval()
+        encoded_src = self.tokenizers.source.encode(self.validation_sources)
+        encoded_tgt = self.tokenizers.target.encode(self.validation_references)
+        cfg = self.model_config
+        pairs = [(s[: cfg.max_source_length - 1], t) for s, t in zip(encoded_src, encoded_tgt) if s and t]
+        total, tokens = 0.0, 0
+        for batch_indices in make_batches([len(s) + len(t) for s, t in pairs], self.config.batch_tokens):
+            batch = collate(
+                [pairs[i][0] for i in batch_indices], [pairs[i][1] for i in batch_indices], cfg.pad_id, cfg.bos_id, cfg.eos_id
+            ).to(self.device)
+            logits, _ = self.model(batch.source, batch.source_lengths, batch.target_in)
+            count = int((batch.target_out != cfg.pad_id).sum())
+            total += float(label_smoothed_loss(logits, batch.target_out, 0.0, cfg.pad_id)) * count
+            tokens += count
+        self.model.train()
+        return total / max(tokens, 1)
+
+    def validate(self) -> dict[str, Any]:
+        """Validation loss and BLEU; keeps the best checkpoint, adapts the learning rate."""
+        loss = self.validation_loss()
+        hypotheses = self.translator.translate(self.validation_sources, self.validation_decode)
+        bleu = score(hypotheses, self.validation_references)["bleu"]
+        state = self.state
+        record = {
+            "step": state.step,
+            "epoch": state.epoch,
+            "validation_loss": round(loss, 4),
+            "validation_bleu": bleu,
+            "learning_rate": state.learning_rate,
+            "elapsed_seconds": round(state.elapsed_seconds, 1),
+            "tokens_per_second": round(state.train_tokens / max(state.train_seconds, 1e-9)),
+            "skipped_steps": state.skipped_steps,
+        }
+        if self.config.keep_checkpoints:
+            self._save_numbered()
+        if bleu > state.best_bleu:
+            state.best_bleu = bleu
+            state.validations_without_gain = state.validations_since_decay = 0
+            save_checkpoint(self.best_path, self.model, self.tokenizers, self._info())
+            record["best"] = True
+        else:
+            state.validations_without_gain += 1
+            state.validations_since_decay += 1
+            if state.validations_since_decay > self.config.lr_patience:  # reduce on plateau
+                state.learning_rate *= self.config.lr_decay
+                state.validations_since_decay = 0
+        state.history.append(record)
+        with open(self.output / "log.jsonl", "a") as log:
+            log.write(json.dumps(record) + "\n")
+        return record
+
+    def _save_numbered(self) -> None:
+        """Keep the newest `keep_checkpoints` validation checkpoints (for `mt average`)."""
+        save_checkpoint(self.output / f"step-{self.state.step:07d}.safetensors", self.model, self.tokenizers, self._info())
+        for old in sorted(self.output.glob("step-*.safetensors"))[: -self.config.keep_checkpoints]:
+            old.unlink()
+
+    # -- the loop ----------------------------------------------------------
+
+    def _set_learning_rate(self) -> None:
+        warmup = self.config.warmup_steps
+        scale = min(1.0, (self.state.step + 1) / warmup) if warmup else 1.0
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.state.learning_rate * scale
+
+    def train_step(self, batch_indices: list[int]) -> tuple[float, int] | None:
+        """One update on one batch: (loss, tokens), or None when the step was skipped as non-finite."""
+        cfg = self.model_config
+        batch = collate(
+            [self.corpus.source[i] for i in batch_indices],
+            [self.corpus.target[i] for i in batch_indices],
+            cfg.pad_id,
+            cfg.bos_id,
+            cfg.eos_id,
+        ).to(self.device)
+        self._set_learning_rate()
+        logits, _ = self.model(batch.source, batch.source_lengths, batch.target_in)
+        loss = label_smoothed_loss(logits, batch.target_out, self.config.label_smoothing, cfg.pad_id)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        # Gradient-norm clipping: the remedy for exploding gradients (Pascanu et al. 2013).
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm)
+        if not (math.isfinite(loss.item()) and math.isfinite(grad_norm.item())):
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        self.optimizer.step()
+        return float(loss), batch.num_tokens
+
+    def run(self, progress: Progress | None = None) -> TrainResult:
+        self.output.mkdir(parents=True, exist_ok=True)
+        cfg, state = self.config, self.state
+        batches_per_epoch = len(make_batches(self.lengths, cfg.batch_tokens))
+        total_steps = cfg.max_steps or cfg.max_epochs * batches_per_epoch
+        self.model.train()
+        task = progress.add_task("training", total=total_steps, completed=state.step, info="") if progress else None
+        consecutive_bad = 0
+        run_start, elapsed_before = time.perf_counter(), state.elapsed_seconds
+        loss_average = None
+        stop_early = False
+        with _StopFlag() as stop:
+            while state.epoch < cfg.max_epochs and not stop_early:
+                generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state.epoch)
+                batches = make_batches(self.lengths, cfg.batch_tokens, generator)
+                while state.batch_in_epoch < len(batches):
+                    started = time.perf_counter()
+                    result = self.train_step(batches[state.batch_in_epoch])
+                    state.train_seconds += time.perf_counter() - started
+                    state.batch_in_epoch += 1
+                    if result is None:
+                        state.skipped_steps += 1
+                        consecutive_bad += 1
+                        if consecutive_bad >= cfg.max_bad_steps:
+                            raise MTError(
+                                f"training diverged: {consecutive_bad} steps in a row had a non-finite loss or "
+                                "gradient; lower --lr or --clip-norm"
+                            )
+                        continue
+                    consecutive_bad = 0
+                    state.step += 1
+                    state.elapsed_seconds = elapsed_before + time.perf_counter() - run_start
+                    loss, tokens = result
+                    loss_average = loss if loss_average is None else 0.98 * loss_average + 0.02 * loss
+                    state.train_tokens += tokens
+                    if progress is not None:
+                        rate = state.train_tokens / max(state.train_seconds, 1e-9)
+                        progress.update(
+                            task,
+                            completed=state.step,
+                            info=f"epoch {state.epoch + 1} loss {loss_average:.3f} {rate:,.0f} tok/s best BLEU {max(state.best_bleu, 0):.2f}",
+                        )
+                    if cfg.validate_every and state.step % cfg.validate_every == 0:
+                        stop_early = self._validate_and_report(progress)
+                    if stop_early or stop.requested or self._out_of_budget():
+                        break
+                if stop.requested:
+                    self.save_last()
+                    raise KeyboardInterrupt
+                if state.batch_in_epoch >= len(batches):
+                    state.epoch += 1
+                    state.batch_in_epoch = 0
+                    if not cfg.validate_every:
+                        stop_early = self._validate_and_report(progress)
+                if self._out_of_budget():
+                    break
+        if not state.history or state.history[-1]["step"] != state.step:
+            self._validate_and_report(progress)
+        state.finished = True
+        self.save_last()
+        return TrainResult(self.best_path, self.last_path, state.best_bleu, state)
+
+    def _out_of_budget(self) -> bool:
+        cfg = self.config
+        return bool(cfg.max_steps and self.state.step >= cfg.max_steps) or bool(
+            cfg.max_minutes and self.state.elapsed_seconds >= 60 * cfg.max_minutes
+        )
+
+    def _validate_and_report(self, progress: Progress | None) -> bool:
+        """Validate, save `last`, print a line; True when early stopping says stop."""
+        record = self.validate()
+        self.save_last()
+        mark = " (best)" if record.get("best") else ""
+        line = (
+            f"step {record['step']}  epoch {record['epoch']}  valid loss {record['validation_loss']:.3f}  "
+            f"valid BLEU {record['validation_bleu']:.2f}{mark}  lr {record['learning_rate']:.2e}"
+        )
+        (progress.console if progress else self.console).print(line)
+        patience = self.config.patience
+        return bool(patience) and self.state.validations_without_gain >= patience
+
+
+def progress_bar(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+    )
