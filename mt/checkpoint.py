@@ -162,5 +162,6 @@ def average_checkpoints(paths: list[Path]) -> Checkpoint:
         for name, tensor in weights[0].items():
             if tensor.is_floating_point():
                 tensor.copy_(torch.stack([w[name] for w in weights]).mean(dim=0))
-    first.info = {**first.info, "averaged": [str(p) for p in paths]}
+    if len(paths) > 1:
+        first.info = {**first.info, "averaged": [str(p) for p in paths]}
     return first
