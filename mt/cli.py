@@ -60,6 +60,10 @@ def user_errors(command):
         except MTError as error:
             typer.echo(f"error: {error}", err=True)
             raise typer.Exit(1) from None
+        except OSError as error:  # a path the user gave cannot be written or read
+            where = f"{error.filename}: " if error.filename else ""
+            typer.echo(f"error: {where}{error.strerror or error}", err=True)
+            raise typer.Exit(1) from None
 
     return wrapper
 
@@ -229,6 +233,8 @@ def train_cli(
         share_embeddings=share_embeddings,
     )
     output = output or Path("runs") / f"{src}-{tgt}"
+    if output.exists() and not output.is_dir():
+        raise MTError(f"--output {output} is a file; the run needs a directory")
     trainer_output_last = output / "last.safetensors"
     resume = False
     if trainer_output_last.exists() and not overwrite:
@@ -294,7 +300,8 @@ def train_cli(
 def _stderr_console():
     from rich.console import Console
 
-    return Console(stderr=True)
+    # Plain text: paths may hold [brackets] (not markup) and must not be wrapped.
+    return Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
 
 
 def _load_translator(model: Optional[Path], device: Device):
@@ -309,7 +316,15 @@ def _load_translator(model: Optional[Path], device: Device):
 def _decode_config(beam: int, length_penalty: float):
     from mt.config import DecodeConfig
 
+    if beam < 1:
+        raise MTError(f"--beam must be >= 1, got {beam}")
     return DecodeConfig(beam_size=beam, length_penalty=length_penalty)
+
+
+def _check_output_file(path: Optional[Path]) -> None:
+    """Fail before any work when an output file cannot be written."""
+    if path is not None and path.is_dir():
+        raise MTError(f"--output {path} is a directory; give a file name")
 
 
 @app.command("evaluate")
@@ -333,6 +348,7 @@ def evaluate_cli(
     from mt.evaluate import score
 
     decode = _decode_config(beam, length_penalty)
+    _check_output_file(output)
     sources, references = read_lines(src), read_lines(ref)
     if len(sources) != len(references):
         raise MTError(f"{src} has {len(sources)} lines but {ref} has {len(references)}")
@@ -411,12 +427,10 @@ def translate_cli(
             typer.echo(_one_line(translation))
         return
     if not sys.stdin.isatty():
-        lines = _read_stdin_lines()
-        chunk = 256
-        for start in range(0, len(lines), chunk):
-            for translation in translator.translate(lines[start : start + chunk], decode):
-                sys.stdout.write(_one_line(translation) + "\n")
-            sys.stdout.flush()
+        # All of stdin at once: the translator sorts it by length into full batches.
+        for translation in translator.translate(_read_stdin_lines(), decode):
+            sys.stdout.write(_one_line(translation) + "\n")
+        sys.stdout.flush()
         return
     _interactive(translator, decode, n_best, show_attention)
 

@@ -39,6 +39,8 @@ class _JSONConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]):
+        if not isinstance(values, dict):
+            raise MTError(f"invalid {cls.__name__}: expected a JSON object, got {type(values).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(values) - names
         if unknown:

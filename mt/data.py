@@ -5,7 +5,7 @@ A corpus is named by a *spec* string:
 - `PREFIX`: two plain-text files `PREFIX.SRC` and `PREFIX.TGT` (`.gz` allowed),
   one sentence per line, e.g. `data/multi30k/train` with `de` and `en`;
 - `FILE.tsv` (or `.tsv.gz`): one pair per line, source TAB target;
-- `hf:NAME[@SPLIT]` or a directory written by `Dataset.save_to_disk`: a Hugging
+- `hf:NAME[@SPLIT]` or a directory written by `save_to_disk` (`DIR[@SPLIT]`): a Hugging
   Face dataset, read through `datasets`. Columns are found by key: a flat
   column per language (`de`, `en`), or a `translation` dict column as in the
   WMT datasets.
@@ -84,9 +84,21 @@ def _is_tsv(spec: str) -> bool:
     return spec.endswith((".tsv", ".tsv.gz"))
 
 
+def _dataset_name_and_split(spec: str) -> tuple[str, str]:
+    """`hf:NAME@SPLIT` or `DIR@SPLIT` -> (NAME or DIR, SPLIT or ""); an existing
+    directory whose own name holds an @ is taken whole."""
+    name = spec.removeprefix("hf:")
+    if not spec.startswith("hf:") and Path(name).exists():
+        return name, ""
+    base, at, split = name.rpartition("@")
+    return (base, split) if at else (name, "")
+
+
 def _is_datasets_spec(spec: str) -> bool:
-    path = Path(spec)
-    return spec.startswith("hf:") or (path.is_dir() and (path / "dataset_info.json").exists())
+    if spec.startswith("hf:"):
+        return True
+    path = Path(_dataset_name_and_split(spec)[0])
+    return path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists())
 
 
 def _read_text_pair(spec: str, src_lang: str, tgt_lang: str) -> tuple[list[str], list[str]]:
@@ -113,7 +125,7 @@ def _read_tsv(path: Path) -> tuple[list[str], list[str]]:
 def _read_datasets(spec: str, src_key: str, tgt_key: str) -> datasets.Dataset:
     import datasets
 
-    name, _, split = spec.removeprefix("hf:").partition("@")
+    name, split = _dataset_name_and_split(spec)
     try:
         if spec.startswith("hf:"):
             dataset = datasets.load_dataset(name, split=split or "train")

@@ -232,7 +232,8 @@ class Seq2Seq(nn.Module):
             if config.share_embeddings  # one joint vocabulary: one embedding matrix for both languages
             else nn.Embedding(config.tgt_vocab_size, config.embedding_size, padding_idx=config.pad_id)
         )
-        for embedding in {source_embedding, target_embedding}:
+        # A tuple, not a set: the order of initialisation must not depend on object ids.
+        for embedding in (source_embedding,) if config.share_embeddings else (source_embedding, target_embedding):
             nn.init.uniform_(embedding.weight, -0.1, 0.1)
             with torch.no_grad():
                 embedding.weight[config.pad_id].zero_()

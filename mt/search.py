@@ -49,10 +49,12 @@ def greedy_search(model: Seq2Seq, source: torch.Tensor, lengths: torch.Tensor, c
     limits = torch.tensor(max_output_lengths(lengths, config), device=source.device)  # (B,)
     previous = torch.full((batch,), model.config.bos_id, dtype=torch.long, device=source.device)
     finished = torch.zeros(batch, dtype=torch.bool, device=source.device)
+    generated = torch.zeros(batch, dtype=torch.long, device=source.device)  # tokens each sentence produced, eos included
     steps, scores = [], torch.zeros(batch, device=source.device)
     for t in range(int(limits.max())):
         log_probs, state, _ = model.decode_step(previous, state, encoded)  # (B, V)
         best_log_prob, previous = log_probs.max(dim=-1)  # (B,), (B,)
+        generated += (~finished).long()
         scores += best_log_prob.masked_fill(finished, 0.0)
         steps.append(previous.masked_fill(finished, eos))
         finished |= (previous == eos) | (t + 1 >= limits)
@@ -60,9 +62,11 @@ def greedy_search(model: Seq2Seq, source: torch.Tensor, lengths: torch.Tensor, c
             break
     tokens = torch.stack(steps, dim=1).tolist()  # (B, t)
     results = []
-    for row, score in zip(tokens, scores.tolist()):
-        output, generated = (row[: row.index(eos)], row.index(eos) + 1) if eos in row else (row, len(row))
-        results.append([Hypothesis(output, score / length_penalty(generated, config.length_penalty))])
+    for row, score, length in zip(tokens, scores.tolist(), generated.tolist()):
+        output = row[:length]
+        if output[-1] == eos:
+            output = output[:-1]
+        results.append([Hypothesis(output, score / length_penalty(length, config.length_penalty))])
     return results
 
 

@@ -91,22 +91,22 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.T
     optimizer.load_state_dict({"state": slots, "param_groups": groups})
 
 
-class _StopFlag:
-    """Turns the first Ctrl-C (SIGINT) into a request to stop after the current step."""
+class _StopOnInterrupt:
+    """Turns the first Ctrl-C (SIGINT) into `trainer.stop_requested`: the
+    trainer finishes its step, saves `last` and stops. A second Ctrl-C stops at once."""
 
-    def __init__(self) -> None:
-        self.requested = False
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
         self._previous = None
 
-    def __enter__(self) -> _StopFlag:
+    def __enter__(self) -> None:
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
 
     def _handle(self, signum, frame) -> None:
-        if self.requested:  # a second Ctrl-C stops at once
+        if self.trainer.stop_requested:
             raise KeyboardInterrupt
-        self.requested = True
+        self.trainer.stop_requested = True
 
     def __exit__(self, *exc) -> None:
         if self._previous is not None:
@@ -143,6 +143,7 @@ class Trainer:
         self.state = TrainerState(learning_rate=train_config.learning_rate)
         self.translator = Translator(self.model, tokenizers, device)
         self.validation_decode = DecodeConfig(beam_size=train_config.validation_beam)
+        self.stop_requested = False  # set by Ctrl-C: save `last` and stop after this step
 
     @property
     def last_path(self) -> Path:
@@ -273,7 +274,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             return None
         self.optimizer.step()
-        return float(loss), batch.num_tokens
+        return loss.item(), batch.num_tokens
 
     def run(self, progress: Progress | None = None) -> TrainResult:
         self.output.mkdir(parents=True, exist_ok=True)
@@ -286,7 +287,7 @@ class Trainer:
         run_start, elapsed_before = time.perf_counter(), state.elapsed_seconds
         loss_average = None
         stop_early = False
-        with _StopFlag() as stop:
+        with _StopOnInterrupt(self):
             while state.epoch < cfg.max_epochs and not stop_early:
                 generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state.epoch)
                 batches = make_batches(self.lengths, cfg.batch_tokens, generator)
@@ -319,9 +320,9 @@ class Trainer:
                         )
                     if cfg.validate_every and state.step % cfg.validate_every == 0:
                         stop_early = self._validate_and_report(progress)
-                    if stop_early or stop.requested or self._out_of_budget():
+                    if stop_early or self.stop_requested or self._out_of_budget():
                         break
-                if stop.requested:
+                if self.stop_requested:
                     self.save_last()
                     raise KeyboardInterrupt
                 if state.batch_in_epoch >= len(batches):

@@ -1,0 +1,755 @@
+"""The `mt` command line, end to end and at its error paths.
+
+A tiny German->English corpus is made from templates inside the test, so the
+tests need no downloaded data, no network and no GPU. The trained model is
+tiny and trained for a couple of hundred steps: these tests check the
+plumbing of the commands (files written, lines in and out, messages), not
+translation quality.
+
+Every user error must end the process with a non-zero status and exactly one
+line on stderr that starts with "error:", never a Python traceback.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import random
+import re
+import struct
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from mt.cli import app
+
+# --------------------------------------------------------------------------
+# Helpers
+
+
+def _mt_command() -> list[str]:
+    """The installed console script next to this interpreter, else `python -m mt`."""
+    script = Path(sys.executable).parent / "mt"
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "mt"]
+
+
+def _offline_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # One thread: the models are tiny, and on a busy machine OpenMP's spinning
+    # threads make a two-thread run many times slower than a one-thread run.
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONIOENCODING="utf-8", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    return env
+
+
+def _run_mt(args: list[str], stdin: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the real console script with stdin from a pipe (so stdin is not a tty)."""
+    return subprocess.run(
+        [*_mt_command(), *args],
+        input=stdin if stdin is not None else b"",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_offline_env(),
+        timeout=timeout,
+    )
+
+
+def _invoke(args: list, input: str | bytes | None = None, env: dict[str, str] | None = None):
+    """Run a command in-process; stdout and stderr come back separately."""
+    return CliRunner().invoke(app, [str(a) for a in args], input=input, env=env)
+
+
+def _write_gz(path: Path, lines: list[str] | bytes) -> Path:
+    data = lines if isinstance(lines, bytes) else "".join(line + "\n" for line in lines).encode("utf-8")
+    with gzip.open(path, "wb") as out:
+        out.write(data)
+    return path
+
+
+def _write_pair(prefix: Path, source: list[str] | bytes, target: list[str] | bytes) -> str:
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    _write_gz(Path(f"{prefix}.de.gz"), source)
+    _write_gz(Path(f"{prefix}.en.gz"), target)
+    return str(prefix)
+
+
+def _assert_one_line_error(exit_code: int, stdout: str, stderr: str, *fragments: str) -> str:
+    """A user error: non-zero exit, one `error:` line on stderr, nothing on stdout, no traceback."""
+    assert exit_code != 0, f"expected failure, got exit 0; stdout={stdout!r} stderr={stderr!r}"
+    assert "Traceback" not in stdout + stderr
+    assert stdout == ""
+    lines = stderr.strip("\n").splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got {lines!r}"
+    assert lines[0].startswith("error: "), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+def _assert_cli_error(result, *fragments: str) -> str:
+    # An exception escaping the command would show up here instead of SystemExit.
+    assert type(result.exception) is SystemExit, f"unexpected exception {result.exception!r}"
+    return _assert_one_line_error(result.exit_code, result.stdout, result.stderr, *fragments)
+
+
+def _assert_process_error(process: subprocess.CompletedProcess, *fragments: str) -> str:
+    return _assert_one_line_error(
+        process.returncode, process.stdout.decode("utf-8"), process.stderr.decode("utf-8"), *fragments
+    )
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _train_tiny(corpus, tokenizer_dir: Path, output: Path, *extra, env: dict[str, str] | None = None):
+    """A two-step training run: enough to write a finished run directory."""
+    return _invoke(
+        [
+            "train", "--train", corpus.train, "--valid", corpus.valid, "--tokenizer", tokenizer_dir, "--output", output,
+            "--embedding-size", 8, "--hidden-size", 8, "--layers", 1, "--batch-tokens", 400,
+            "--max-steps", 2, "--device", "cpu", *extra,
+        ],
+        env=env,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------
+# A template corpus: subject + verb + place, German and English side by side.
+
+SUBJECTS = [
+    ("ein Hund", "a dog"),
+    ("eine Katze", "a cat"),
+    ("ein Mann", "a man"),
+    ("eine Frau", "a woman"),
+    ("ein Kind", "a child"),
+    ("ein Junge", "a boy"),
+    ("ein Mädchen", "a girl"),
+    ("ein alter Mann", "an old man"),
+    ("eine junge Frau", "a young woman"),
+    ("ein großer Hund", "a big dog"),
+    ("ein Arbeiter", "a worker"),
+    ("eine Gruppe Kinder", "a group of children"),
+    ("ein Radfahrer", "a cyclist"),
+    ("ein Musiker", "a musician"),
+    ("eine Lehrerin", "a teacher"),
+    ("ein Polizist", "a police officer"),
+    ("ein Fußballspieler", "a soccer player"),
+    ("eine ältere Dame", "an elderly lady"),
+    ("ein kleiner Vogel", "a small bird"),
+    ("ein Verkäufer", "a salesman"),
+]
+VERBS = [
+    ("läuft", "runs"),
+    ("spielt", "plays"),
+    ("schläft", "sleeps"),
+    ("sitzt", "sits"),
+    ("wartet", "waits"),
+    ("steht", "stands"),
+    ("tanzt", "dances"),
+    ("lacht", "laughs"),
+    ("singt", "sings"),
+    ("isst", "eats"),
+    ("arbeitet", "works"),
+    ("liest", "reads"),
+    ("springt", "jumps"),
+    ("malt", "paints"),
+    ("telefoniert", "talks on the phone"),
+]
+PLACES = [
+    ("im Park", "in the park"),
+    ("auf der Straße", "on the street"),
+    ("am Strand", "on the beach"),
+    ("im Garten", "in the garden"),
+    ("im Schnee", "in the snow"),
+    ("vor dem Haus", "in front of the house"),
+    ("neben einem Baum", "next to a tree"),
+    ("in der Küche", "in the kitchen"),
+    ("auf einer Bühne", "on a stage"),
+    ("am Fluss", "by the river"),
+    ("auf dem Markt", "at the market"),
+    ("im Wasser", "in the water"),
+    ("auf einer Brücke", "on a bridge"),
+    ("hinter dem Zaun", "behind the fence"),
+    ("im Restaurant", "in the restaurant"),
+]
+TIMES = [
+    ("", ""),
+    ("heute", "today"),
+    ("am Morgen", "in the morning"),
+    ("im Winter", "in winter"),
+    ("oft", "often"),
+    ("gerne", "happily"),
+    ("am Abend", "in the evening"),
+]
+
+
+def _template_pairs(count: int = 220) -> list[tuple[str, str]]:
+    """`count` distinct pairs, the same on every run."""
+    rng = random.Random(1234)
+    seen, pairs = set(), []
+    while len(pairs) < count:
+        choice = tuple(rng.randrange(len(words)) for words in (SUBJECTS, VERBS, PLACES, TIMES))
+        if choice in seen:
+            continue
+        seen.add(choice)
+        (de_s, en_s), (de_v, en_v), (de_p, en_p), (de_t, en_t) = (
+            words[i] for words, i in zip((SUBJECTS, VERBS, PLACES, TIMES), choice)
+        )
+        de = " ".join(w for w in (de_s, de_v, de_t, de_p) if w) + "."
+        en = " ".join(w for w in (en_s, en_v, en_p, en_t) if w) + "."
+        pairs.append((de[0].upper() + de[1:], en[0].upper() + en[1:]))
+    return pairs
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cli_one_torch_thread():
+    """Run this module's in-process commands on one CPU thread (see `_offline_env`)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def cli_corpus(tmp_path_factory) -> SimpleNamespace:
+    """200 training and 20 validation pairs as PREFIX.de.gz / PREFIX.en.gz."""
+    root = tmp_path_factory.mktemp("cli_corpus")
+    pairs = _template_pairs()
+    train, valid = pairs[:200], pairs[200:220]
+    train_prefix = _write_pair(root / "train", [s for s, _ in train], [t for _, t in train])
+    valid_prefix = _write_pair(root / "valid", [s for s, _ in valid], [t for _, t in valid])
+    return SimpleNamespace(
+        root=root,
+        train=train_prefix,
+        valid=valid_prefix,
+        valid_pairs=valid,
+        valid_src=Path(f"{valid_prefix}.de.gz"),
+        valid_ref=Path(f"{valid_prefix}.en.gz"),
+    )
+
+
+@pytest.fixture(scope="module")
+def cli_tokenizer(cli_corpus) -> SimpleNamespace:
+    """`mt train-tokenizer` on the template corpus (joint unigram, 150 pieces)."""
+    output = cli_corpus.root / "tokenizer"
+    result = _invoke(
+        ["train-tokenizer", "--train", cli_corpus.train, "--src", "de", "--tgt", "en", "--vocab-size", 150, "--output", output]
+    )
+    return SimpleNamespace(result=result, directory=output)
+
+
+@pytest.fixture(scope="module")
+def cli_run(cli_corpus, cli_tokenizer) -> SimpleNamespace:
+    """`mt train` with a tiny model for 200 steps on CPU. Read-only for the tests that use it."""
+    assert cli_tokenizer.result.exit_code == 0, cli_tokenizer.result.output
+    # A realistic, longish run directory: with the pytest base directory the
+    # checkpoint paths are wider than an 80-column terminal.
+    run = cli_corpus.root / "runs" / "de-en-luong-e32-h64-l1-200-steps"
+    result = _invoke(
+        [
+            "train",
+            "--train", cli_corpus.train,
+            "--valid", cli_corpus.valid,
+            "--src", "de",
+            "--tgt", "en",
+            "--tokenizer", cli_tokenizer.directory,
+            "--output", run,
+            "--embedding-size", 32,
+            "--hidden-size", 64,
+            "--layers", 1,
+            "--dropout", 0.1,
+            "--attention", "luong",
+            "--batch-tokens", 400,
+            "--max-steps", 200,
+            "--validate-every", 100,
+            "--patience", 0,
+            "--device", "cpu",
+            "--lr", 0.01,
+            "--seed", 7,
+        ],
+        env={"COLUMNS": "80"},  # what rich assumes for a log file or a pipe
+    )  # fmt: skip
+    return SimpleNamespace(result=result, directory=run, best=run / "best.safetensors", last=run / "last.safetensors")
+
+
+@pytest.fixture(scope="module")
+def cli_model(cli_run) -> Path:
+    """The best checkpoint of the tiny run (fails the dependent test if training failed)."""
+    assert cli_run.result.exit_code == 0, cli_run.result.output
+    assert cli_run.best.is_file()
+    return cli_run.best
+
+
+# --------------------------------------------------------------------------
+# 1. End to end: train-tokenizer -> train -> evaluate -> translate
+
+
+def test_train_tokenizer_writes_both_models_and_says_where(cli_tokenizer):
+    result = cli_tokenizer.result
+    assert result.exit_code == 0, result.output
+    directory = cli_tokenizer.directory
+    assert (directory / "source.model").is_file()
+    assert (directory / "target.model").is_file()
+    info = json.loads((directory / "tokenizer.json").read_text())
+    assert info == {"joint": True, "source_vocab": 150, "target_vocab": 150}
+    assert result.stdout == ""  # reports go to stderr
+    assert str(directory) in result.stderr
+    assert "150 / 150 pieces" in result.stderr
+
+
+def test_train_tokenizer_separate_gives_one_model_per_language(cli_corpus, tmp_path):
+    output = tmp_path / "separate"
+    result = _invoke(
+        ["train-tokenizer", "--train", cli_corpus.train, "--vocab-size", 60, "--separate", "--model-type", "bpe", "--output", output]
+    )
+    assert result.exit_code == 0, result.output
+    info = json.loads((output / "tokenizer.json").read_text())
+    assert info["joint"] is False
+    assert (output / "source.model").read_bytes() != (output / "target.model").read_bytes()
+
+
+def test_train_writes_best_last_and_log(cli_run):
+    result = cli_run.result
+    assert result.exit_code == 0, result.output
+    assert result.exception is None
+    assert cli_run.best.is_file()
+    assert cli_run.last.is_file()
+    log = cli_run.directory / "log.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["step"] for r in records] == [100, 200]
+    for record in records:
+        assert {"validation_loss", "validation_bleu", "learning_rate"} <= set(record)
+    assert any(r.get("best") for r in records)
+    assert result.stdout == ""  # progress and reports go to stderr
+
+
+def test_train_output_names_where_the_checkpoints_are(cli_run):
+    """The closing lines name the best and last checkpoint files, each path whole on one line."""
+    result = cli_run.result
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    assert any(str(cli_run.best) in line for line in lines), result.stderr
+    assert any(str(cli_run.last) in line for line in lines), result.stderr
+
+
+def test_train_report_prints_a_run_directory_with_brackets_verbatim(cli_corpus, cli_tokenizer, tmp_path):
+    """Square brackets are ordinary characters in a path, not rich markup."""
+    assert cli_tokenizer.result.exit_code == 0
+    output = tmp_path / "r[exp1]"
+    result = _train_tiny(cli_corpus, cli_tokenizer.directory, output, env={"COLUMNS": "1000"})
+    assert result.exit_code == 0, result.output
+    assert (output / "last.safetensors").is_file()
+    assert str(output / "best.safetensors") in result.stderr
+    assert str(output / "last.safetensors") in result.stderr
+
+
+def test_train_prints_no_python_warnings(cli_corpus, cli_tokenizer, tmp_path):
+    """A Python warning from inside mt is noise on the user's terminal. A fresh
+    process, because torch gives some warnings only once per process."""
+    assert cli_tokenizer.result.exit_code == 0
+    process = _run_mt(
+        [
+            "train", "--train", cli_corpus.train, "--valid", cli_corpus.valid, "--tokenizer", str(cli_tokenizer.directory),
+            "--output", str(tmp_path / "run"), "--embedding-size", "8", "--hidden-size", "8", "--layers", "1",
+            "--batch-tokens", "400", "--max-steps", "2", "--device", "cpu",
+        ]
+    )  # fmt: skip
+    stderr = process.stderr.decode("utf-8")
+    assert process.returncode == 0, stderr
+    assert "Warning" not in stderr, stderr
+
+
+def test_train_overwrite_starts_a_finished_run_afresh(cli_corpus, cli_tokenizer, tmp_path):
+    assert cli_tokenizer.result.exit_code == 0
+    output = tmp_path / "run"
+    first = _train_tiny(cli_corpus, cli_tokenizer.directory, output)
+    assert first.exit_code == 0, first.output
+    refused = _train_tiny(cli_corpus, cli_tokenizer.directory, output)
+    _assert_cli_error(refused, "finished run", "--overwrite")
+    again = _train_tiny(cli_corpus, cli_tokenizer.directory, output, "--overwrite")
+    assert again.exit_code == 0, again.output
+    records = [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2]  # the old log went with the old run
+
+
+def test_train_refuses_a_finished_run_without_overwrite(cli_corpus, cli_tokenizer, cli_run):
+    assert cli_run.result.exit_code == 0, cli_run.result.output
+    before = _digest(cli_run.last)
+    result = _invoke(
+        [
+            "train",
+            "--train", cli_corpus.train,
+            "--valid", cli_corpus.valid,
+            "--tokenizer", cli_tokenizer.directory,
+            "--output", cli_run.directory,
+            "--embedding-size", 32,
+            "--hidden-size", 64,
+            "--layers", 1,
+            "--device", "cpu",
+        ]
+    )  # fmt: skip
+    _assert_cli_error(result, str(cli_run.directory), "finished run", "--overwrite")
+    assert _digest(cli_run.last) == before
+
+
+def test_evaluate_json_prints_one_object_with_scores_and_signatures(cli_corpus, cli_model):
+    result = _invoke(
+        ["evaluate", "--model", cli_model, "--src", cli_corpus.valid_src, "--ref", cli_corpus.valid_ref, "--beam", 2, "--json", "--device", "cpu"]
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1, lines
+    scores = json.loads(lines[0])
+    assert isinstance(scores, dict)
+    for metric in ("bleu", "bleu_lowercase", "chrf"):
+        assert isinstance(scores[metric], (int, float))
+        assert 0 <= scores[metric] <= 100
+    assert scores["bleu_signature"].startswith("nrefs:1")
+    assert "tok:13a" in scores["bleu_signature"]
+    assert "case:lc" in scores["bleu_lowercase_signature"]
+    assert scores["chrf_signature"].startswith("nrefs:1")
+    assert scores["beam"] == 2
+    assert scores["model"] == str(cli_model)
+
+
+def test_evaluate_text_report_has_bleu_and_chrf_lines(cli_corpus, cli_model):
+    result = _invoke(["evaluate", "-m", cli_model, "--src", cli_corpus.valid_src, "--ref", cli_corpus.valid_ref, "--beam", 1, "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["BLEU", "BLEU", "chrF"]
+
+
+def test_evaluate_output_writes_one_translation_per_source_line(cli_corpus, cli_model, tmp_path):
+    output = tmp_path / "out" / "hyp.en"
+    result = _invoke(
+        ["evaluate", "--model", cli_model, "--src", cli_corpus.valid_src, "--ref", cli_corpus.valid_ref, "--output", output, "--json", "--device", "cpu"]
+    )
+    assert result.exit_code == 0, result.output
+    text = output.read_text(encoding="utf-8")
+    assert text.endswith("\n")
+    assert len(text.splitlines()) == len(cli_corpus.valid_pairs)
+    assert len(json.loads(result.stdout)) > 0
+
+
+def test_evaluate_output_keeps_empty_source_lines(cli_model, tmp_path):
+    src = _write_gz(tmp_path / "test.de.gz", ["Ein Hund läuft im Park.", "", "Eine Katze schläft."])
+    ref = _write_gz(tmp_path / "test.en.gz", ["A dog runs in the park.", "", "A cat sleeps."])
+    output = tmp_path / "hyp.en"
+    result = _invoke(["evaluate", "--model", cli_model, "--src", src, "--ref", ref, "--output", output, "--json", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    lines = output.read_text(encoding="utf-8").split("\n")
+    assert len(lines) == 4 and lines[-1] == ""
+    assert lines[1] == "" and lines[0] and lines[2]
+
+
+def test_evaluate_rejects_sources_and_references_of_different_lengths(cli_corpus, cli_model, tmp_path):
+    ref = _write_gz(tmp_path / "short.en.gz", ["A dog runs."])
+    result = _invoke(["evaluate", "--model", cli_model, "--src", cli_corpus.valid_src, "--ref", ref, "--device", "cpu"])
+    _assert_cli_error(result, f"has {len(cli_corpus.valid_pairs)} lines", "has 1")
+
+
+PIPE_LINES = [
+    "Ein Hund läuft im Park.",
+    "",
+    "Eine Frau schläft am Strand.",
+    "   ",
+    "Ein Kind spielt im Schnee.",
+    "Ein alter Mann wartet auf der Straße.",
+]
+
+
+def test_translate_pipe_gives_one_line_per_input_line_in_order(cli_model):
+    stdin = "".join(line + "\n" for line in PIPE_LINES).encode("utf-8")
+    process = _run_mt(["translate", "--model", str(cli_model), "--device", "cpu", "--beam", "2"], stdin=stdin)
+    assert process.returncode == 0, process.stderr.decode()
+    assert b"Traceback" not in process.stderr
+    out = process.stdout.decode("utf-8")
+    assert out.endswith("\n")
+    lines = out.split("\n")[:-1]
+    assert len(lines) == len(PIPE_LINES)
+    # Empty and blank lines map to empty lines; the others to something.
+    for source, translation in zip(PIPE_LINES, lines):
+        assert (translation == "") == (source.strip() == ""), (source, translation)
+
+    nonempty = [line for line in lines if line]
+    assert len(set(nonempty)) > 1, f"the tiny model gives one translation for all; order is not visible: {nonempty}"
+
+    # Order: the same lines reversed come out reversed.
+    reversed_stdin = "".join(line + "\n" for line in reversed(PIPE_LINES)).encode("utf-8")
+    process = _run_mt(["translate", "--model", str(cli_model), "--device", "cpu", "--beam", "2"], stdin=reversed_stdin)
+    assert process.returncode == 0, process.stderr.decode()
+    assert process.stdout.decode("utf-8").split("\n")[:-1] == lines[::-1]
+
+
+def test_translate_pipe_keeps_a_last_line_without_newline_and_crlf(cli_model):
+    stdin = b"Ein Hund l\xc3\xa4uft im Park.\r\n\r\nEine Katze sitzt im Garten."
+    process = _run_mt(["translate", "--model", str(cli_model), "--device", "cpu"], stdin=stdin)
+    assert process.returncode == 0, process.stderr.decode()
+    lines = process.stdout.decode("utf-8").split("\n")
+    assert lines[-1] == "" and len(lines) == 4, lines
+    assert lines[0] != "" and lines[1] == "" and lines[2] != ""
+
+
+def test_translate_empty_pipe_prints_nothing(cli_model):
+    process = _run_mt(["translate", "--model", str(cli_model), "--device", "cpu"], stdin=b"")
+    assert process.returncode == 0, process.stderr.decode()
+    assert process.stdout == b""
+
+
+def test_translate_arguments_print_one_line_each(cli_model):
+    result = _invoke(["translate", "--model", cli_model, "--device", "cpu", "Ein Hund läuft im Park.", "Eine Katze schläft."])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2
+    assert all(lines), lines
+
+
+def test_translate_pipe_of_more_than_256_lines_gives_one_line_each(cli_model):
+    """stdin is translated in chunks of 256 lines; the chunk border must not show."""
+    sources = ["Ein Hund läuft.", "", "Eine Katze sitzt im Garten."] * 100
+    stdin = "".join(line + "\n" for line in sources).encode("utf-8")
+    result = _invoke(["translate", "--model", cli_model, "--device", "cpu", "--beam", "1"], input=stdin)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.split("\n")[:-1]
+    assert len(lines) == len(sources)
+    assert [line == "" for line in lines] == [source == "" for source in sources]
+
+
+def test_translate_warning_for_a_long_line_names_its_line_in_the_input(cli_model):
+    """A line longer than the model's source limit is truncated with a warning
+    that names the line of standard input, also past the first 256 lines."""
+    sources = ["Ein Hund."] * 299 + [" ".join(["Hund"] * 70)]  # line 300: > 255 subwords
+    stdin = "".join(line + "\n" for line in sources).encode("utf-8")
+    result = _invoke(["translate", "--model", cli_model, "--device", "cpu", "--beam", "1"], input=stdin)
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.split("\n")[:-1]) == len(sources)
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1, result.stderr
+    assert "input line 300 " in warnings[0], warnings[0]
+
+
+def test_translate_into_a_closed_pipe_exits_without_traceback(cli_model):
+    """`mt translate < in | head -0`: the reader is gone before the first write."""
+    process = subprocess.Popen(
+        [*_mt_command(), "translate", "--model", str(cli_model), "--device", "cpu"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_offline_env(),
+    )
+    process.stdout.close()  # before the child has even imported torch
+    _, stderr = process.communicate("Ein Hund läuft.\n".encode() * 50, timeout=120)
+    assert b"Traceback" not in stderr, stderr.decode()
+
+
+def test_translate_accepts_the_run_directory_holding_model_safetensors(cli_model, tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(cli_model.read_bytes())
+    result = _invoke(["translate", "--model", tmp_path, "--device", "cpu", "Ein Hund läuft."])
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 1
+
+
+def test_python_dash_m_mt_runs_the_same_app():
+    process = subprocess.run(
+        [sys.executable, "-m", "mt", "version"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_offline_env(), timeout=60
+    )
+    assert process.returncode == 0, process.stderr.decode()
+    assert re.fullmatch(r"\d+\.\d+\.\d+\S*\n", process.stdout.decode())
+
+
+def test_average_of_best_and_last_is_a_usable_checkpoint(cli_run, cli_model, tmp_path):
+    output = tmp_path / "averaged"
+    result = _invoke(["average", cli_run.best, cli_run.last, "--output", output, "--fp16"])
+    assert result.exit_code == 0, result.output
+    target = output / "model.safetensors"
+    assert str(target) in result.stderr
+    translated = _invoke(["translate", "--model", target, "--device", "cpu", "Ein Hund läuft."])
+    assert translated.exit_code == 0, translated.output
+    assert len(translated.stdout.splitlines()) == 1
+
+
+# --------------------------------------------------------------------------
+# 2. User errors: one line on stderr, non-zero exit, no traceback
+
+
+def test_missing_corpus_file_is_a_one_line_error(tmp_path):
+    prefix = tmp_path / "nowhere" / "train"
+    result = _invoke(["train-tokenizer", "--train", prefix, "--vocab-size", 50, "--output", tmp_path / "tok"])
+    _assert_cli_error(result, "file not found", f"{prefix}.de")
+
+
+def test_missing_validation_corpus_is_a_one_line_error(cli_corpus, cli_tokenizer, tmp_path):
+    assert cli_tokenizer.result.exit_code == 0
+    result = _invoke(
+        ["train", "--train", cli_corpus.train, "--valid", tmp_path / "missing", "--tokenizer", cli_tokenizer.directory, "--output", tmp_path / "run", "--device", "cpu"]
+    )
+    _assert_cli_error(result, "file not found", str(tmp_path / "missing"))
+
+
+def test_source_and_target_of_different_lengths_name_both_counts(tmp_path):
+    prefix = _write_pair(tmp_path / "bad", ["Ein Hund.", "Eine Katze.", "Ein Mann."], ["A dog.", "A cat."])
+    result = _invoke(["train-tokenizer", "--train", prefix, "--vocab-size", 50, "--output", tmp_path / "tok"])
+    line = _assert_cli_error(result, "has 3 lines", "has 2")
+    assert "bad.de" in line and "bad.en" in line
+
+
+def test_empty_corpus_is_a_one_line_error(tmp_path):
+    prefix = _write_pair(tmp_path / "empty", b"", b"")
+    result = _invoke(["train-tokenizer", "--train", prefix, "--vocab-size", 50, "--output", tmp_path / "tok"])
+    _assert_cli_error(result, "empty")
+
+
+@pytest.mark.parametrize("compressed", [True, False], ids=["gz", "plain"])
+def test_non_utf8_corpus_line_is_named_by_number(tmp_path, compressed):
+    source = "Ein Hund.\nEine Katze.\n".encode() + b"Ein M\xe4nnchen \xff.\n" + "Ein Kind.\n".encode()
+    target = b"A dog.\nA cat.\nA little man.\nA child.\n"
+    if compressed:
+        prefix = _write_pair(tmp_path / "latin1", source, target)
+    else:
+        (tmp_path / "latin1.de").write_bytes(source)
+        (tmp_path / "latin1.en").write_bytes(target)
+        prefix = str(tmp_path / "latin1")
+    result = _invoke(["train-tokenizer", "--train", prefix, "--vocab-size", 50, "--output", tmp_path / "tok"])
+    _assert_cli_error(result, "line 3", "UTF-8", "latin1.de")
+
+
+def test_checkpoint_that_does_not_exist_is_a_one_line_error(tmp_path):
+    missing = tmp_path / "no-such-run" / "best.safetensors"
+    result = _invoke(["translate", "--model", missing, "--device", "cpu", "Ein Hund."])
+    _assert_cli_error(result, "checkpoint not found", str(missing))
+
+
+def test_evaluate_with_missing_checkpoint_is_a_one_line_error(cli_corpus, tmp_path):
+    result = _invoke(
+        ["evaluate", "--model", tmp_path / "missing.safetensors", "--src", cli_corpus.valid_src, "--ref", cli_corpus.valid_ref, "--device", "cpu"]
+    )
+    _assert_cli_error(result, "checkpoint not found")
+
+
+def _safetensors_without_mt_metadata() -> bytes:
+    from safetensors.torch import save
+
+    return save({"weight": torch.zeros(2, 2)})
+
+
+NOT_CHECKPOINTS = {
+    "text": lambda: b"this is not a model\njust some text\n",
+    "random-bytes": lambda: random.Random(0).randbytes(4096),
+    "empty": lambda: b"",
+    "bad-header": lambda: struct.pack("<Q", 12) + b"{not json!!}" + b"\x00" * 16,
+    "header-length-past-end": lambda: struct.pack("<Q", 1000) + b"{}",
+    "foreign-safetensors": _safetensors_without_mt_metadata,
+}
+
+
+@pytest.mark.parametrize("content", NOT_CHECKPOINTS.values(), ids=NOT_CHECKPOINTS.keys())
+def test_file_that_is_not_a_checkpoint_is_a_one_line_error(tmp_path, content):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(content())
+    result = _invoke(["translate", "--model", path, "--device", "cpu", "Ein Hund."])
+    _assert_cli_error(result, str(path))
+
+
+def test_truncated_checkpoint_is_a_one_line_error(cli_model, tmp_path):
+    data = cli_model.read_bytes()
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(data[: len(data) // 2])
+    result = _invoke(["translate", "--model", path, "--device", "cpu", "Ein Hund."])
+    _assert_cli_error(result, str(path))
+
+
+def test_translate_beam_zero_names_the_valid_range(tmp_path):
+    result = _invoke(["translate", "--beam", "0", "--model", tmp_path / "whatever.safetensors", "Ein Hund."])
+    _assert_cli_error(result, ">= 1", "got 0")
+
+
+def test_train_dropout_out_of_range_names_the_valid_range(cli_corpus, cli_tokenizer, tmp_path):
+    assert cli_tokenizer.result.exit_code == 0
+    result = _invoke(
+        ["train", "--train", cli_corpus.train, "--valid", cli_corpus.valid, "--tokenizer", cli_tokenizer.directory, "--output", tmp_path / "run", "--dropout", "1.5", "--device", "cpu"]
+    )
+    _assert_cli_error(result, "dropout", ">= 0.0 and <= 0.9", "1.5")
+    assert not (tmp_path / "run" / "last.safetensors").exists()
+
+
+def test_translate_non_utf8_stdin_names_the_line(cli_model):
+    stdin = "Ein Hund läuft.\n\n".encode() + b"Ein M\xe4dchen spielt.\n" + "Eine Katze.\n".encode()
+    process = _run_mt(["translate", "--model", str(cli_model), "--device", "cpu"], stdin=stdin)
+    _assert_process_error(process, "standard input", "line 3", "UTF-8")
+
+
+def test_translate_missing_checkpoint_from_console_script_has_no_traceback(tmp_path):
+    """The same check outside CliRunner: the real process, real stderr."""
+    missing = tmp_path / "missing.safetensors"
+    process = _run_mt(["translate", "--model", str(missing), "--device", "cpu"], stdin=b"Ein Hund.\n")
+    _assert_process_error(process, "checkpoint not found", str(missing))
+
+
+def test_evaluate_empty_source_file_is_a_one_line_error(cli_model, tmp_path):
+    src = _write_gz(tmp_path / "empty.de.gz", b"")
+    ref = _write_gz(tmp_path / "empty.en.gz", b"")
+    result = _invoke(["evaluate", "--model", cli_model, "--src", src, "--ref", ref, "--device", "cpu"])
+    _assert_cli_error(result, "empty")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+def test_device_cuda_without_cuda_is_a_one_line_error(cli_model):
+    result = _invoke(["translate", "--model", cli_model, "--device", "cuda", "Ein Hund."])
+    _assert_cli_error(result, "--device cuda", "no CUDA device")
+
+
+def test_train_tokenizer_output_that_is_a_file_is_a_one_line_error(cli_corpus, tmp_path):
+    output = tmp_path / "tokenizer"
+    output.write_text("a file, not a directory\n")
+    result = _invoke(["train-tokenizer", "--train", cli_corpus.train, "--vocab-size", 60, "--output", output])
+    _assert_cli_error(result, str(output))
+
+
+def test_train_output_that_is_a_file_is_a_one_line_error(cli_corpus, cli_tokenizer, tmp_path):
+    assert cli_tokenizer.result.exit_code == 0
+    output = tmp_path / "run"
+    output.write_text("a file, not a directory\n")
+    result = _train_tiny(cli_corpus, cli_tokenizer.directory, output)
+    _assert_cli_error(result, str(output))
+
+
+def test_evaluate_output_that_is_a_directory_is_a_one_line_error(cli_corpus, cli_model, tmp_path):
+    output = tmp_path / "translations"
+    output.mkdir()
+    result = _invoke(
+        ["evaluate", "--model", cli_model, "--src", cli_corpus.valid_src, "--ref", cli_corpus.valid_ref, "--output", output, "--beam", 1, "--device", "cpu"]
+    )
+    _assert_cli_error(result, str(output))
+
+
+# --------------------------------------------------------------------------
+# 3. Help
+
+
+COMMANDS = ["train-tokenizer", "train", "evaluate", "translate", "average", "prepare-data"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_works_for_every_command_and_shows_an_example(command):
+    result = _invoke([command, "--help"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stdout.split())
+    assert f"Usage: mt {command}" in text
+    assert "Example" in text
+    assert f"mt {command}" in text.split("Example", 1)[1]
+
+
+def test_top_level_help_lists_every_command():
+    result = _invoke(["--help"])
+    assert result.exit_code == 0, result.output
+    for command in COMMANDS:
+        assert command in result.stdout
