@@ -6,6 +6,7 @@ one line on stderr with exit status 1; nothing else prints tracebacks.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import sys
@@ -37,6 +38,11 @@ class Cell(str, Enum):
     lstm = "lstm"
     gru = "gru"
     rnn = "rnn"
+
+
+class CellImpl(str, Enum):
+    fused = "fused"
+    reference = "reference"
 
 
 class AttentionKind(str, Enum):
@@ -158,6 +164,7 @@ def train_cli(
     layers: Annotated[int, typer.Option(help="Recurrent layers in encoder and decoder.")] = 2,
     dropout: Annotated[float, typer.Option(help="Dropout on embeddings, between layers and before the output.")] = 0.3,
     cell: Annotated[Cell, typer.Option(help="Recurrent cell.")] = Cell.lstm,
+    cell_impl: Annotated[CellImpl, typer.Option(help="fused: torch's kernels; reference: the lecture's equations (slow).")] = CellImpl.fused,
     attention: Annotated[AttentionKind, typer.Option(help="none: the encoder's final state is all the decoder sees.")] = AttentionKind.none,
     bidirectional: Annotated[bool, typer.Option(help="Bidirectional encoder, bridged to the decoder.")] = False,
     reverse_source: Annotated[bool, typer.Option(help="Read the source backwards (Sutskever et al. 2014).")] = True,
@@ -195,7 +202,7 @@ def train_cli(
     import torch
 
     from mt.config import ModelConfig, TrainConfig
-    from mt.data import corpus_fingerprint, load_corpus, tokenize_corpus
+    from mt.data import corpus_fingerprint
     from mt.tokenizer import TokenizerPair
     from mt.train import Trainer, progress_bar
 
@@ -226,6 +233,7 @@ def train_cli(
         num_layers=layers,
         dropout=dropout,
         cell=cell.value,
+        cell_impl=cell_impl.value,
         attention=attention.value,
         bidirectional=bidirectional,
         reverse_source=reverse_source,
@@ -249,12 +257,7 @@ def train_cli(
             old.unlink(missing_ok=True)
 
     err = _stderr_console()
-    train_data = load_corpus(train, src, tgt)
-    valid_data = load_corpus(valid, src, tgt)
-    corpus = tokenize_corpus(train_data, tokenizers, max_length)
-    if not corpus.source:
-        raise MTError(f"no training pairs left after filtering empty and longer than {max_length} subwords")
-    err.print(f"training pairs: {len(corpus.source):,} kept, {corpus.dropped:,} dropped (empty or longer than {max_length} subwords)")
+    train_data, corpus, validation = _training_data(train, valid, src, tgt, tokenizers, max_length, err)
     info = {
         "source_language": src,
         "target_language": tgt,
@@ -272,17 +275,7 @@ def train_cli(
         },
     }
     device_ = resolve_device(device)
-    trainer = Trainer(
-        model_config,
-        train_config,
-        tokenizers,
-        corpus,
-        (valid_data["source"], valid_data["target"]),
-        output,
-        device_,
-        info,
-        err,
-    )
+    trainer = Trainer(model_config, train_config, tokenizers, corpus, validation, output, device_, info, err)
     if resume:
         trainer.resume()
         err.print(f"resuming {output} at step {trainer.state.step} (epoch {trainer.state.epoch + 1})")
@@ -295,6 +288,23 @@ def train_cli(
         raise typer.Exit(130) from None
     err.print(f"best validation BLEU {result.best_bleu:.2f}: {result.best}")
     err.print(f"last checkpoint: {result.last}")
+
+
+def _training_data(train: str, valid: str, src: str, tgt: str, tokenizers, max_length: int, err):
+    """Read and tokenize the training corpus and read the validation corpus; report what the filter dropped."""
+    from mt.data import load_corpus, tokenize_corpus
+
+    if not err.is_terminal:  # keep logs free of progress-bar redraws
+        import datasets
+
+        datasets.disable_progress_bars()
+    train_data = load_corpus(train, src, tgt)
+    valid_data = load_corpus(valid, src, tgt)
+    corpus = tokenize_corpus(train_data, tokenizers, max_length)
+    if not corpus.source:
+        raise MTError(f"no training pairs left after filtering empty and longer than {max_length} subwords")
+    err.print(f"training pairs: {len(corpus.source):,} kept, {corpus.dropped:,} dropped (empty or longer than {max_length} subwords)")
+    return train_data, corpus, (valid_data["source"], valid_data["target"])
 
 
 def _stderr_console():
@@ -486,6 +496,138 @@ def average_cli(
     target = output / FILENAME if output.is_dir() or not output.suffix else output
     save_checkpoint(target, averaged.model, averaged.tokenizers, info, dtype=torch.float16 if fp16 else None)
     typer.echo(f"wrote {target} (average of {len(checkpoints)})", err=True)
+
+
+@app.command("inspect")
+@user_errors
+def inspect_cli(
+    model: Annotated[Optional[list[Path]], typer.Option("--model", "-m", help="Checkpoint(s); repeat to compare. [default: the shipped model]")] = None,
+    src: Annotated[Optional[Path], typer.Option(help="Source sentences. [default: data/multi30k/val.SRC.gz]")] = None,
+    ref: Annotated[Optional[Path], typer.Option(help="Their references. [default: data/multi30k/val.TGT.gz]")] = None,
+    sentences: Annotated[int, typer.Option(help="How many sentences to average over.")] = 64,
+    distance: Annotated[int, typer.Option(help="Measure the gradient up to this many steps back in time.")] = 15,
+    log: Annotated[Optional[Path], typer.Option(help="A run's log.jsonl: plot its learning curves.")] = None,
+    sentence: Annotated[Optional[str], typer.Option(help="Sentence for the attention heatmap. [default: the first source]")] = None,
+    output: Annotated[Path, typer.Option(help="Directory for the PNG plots and inspect.json.")] = Path("inspect"),
+):
+    """Measure what the lecture talks about: the gradient reaching each encoder step
+    (backpropagation through time), the LSTM's gate activations, learning curves and attention.
+
+    Examples:
+      mt inspect --model checkpoints/de-en-base
+      mt inspect -m runs/compare/rnn/best.safetensors -m runs/compare/lstm/best.safetensors --output inspect/cells
+      mt inspect --log runs/de-en/log.jsonl
+    """
+    from mt.checkpoint import load_checkpoint
+    from mt.data import collate, read_lines
+    from mt.diagnostics import gate_statistics, gradient_flow, plot_attention, plot_gradient_flow, plot_learning_curves, read_log
+    from mt.evaluate import Translator
+    from mt.config import DecodeConfig
+
+    if sentences < 1 or distance < 1:
+        raise MTError(f"--sentences and --distance must be >= 1, got {sentences} and {distance}")
+    output.mkdir(parents=True, exist_ok=True)
+    report: dict = {"models": {}}
+    flows = {}
+    for path in model or [default_model()]:
+        checkpoint = load_checkpoint(path)
+        info, config = checkpoint.info, checkpoint.model.config
+        source_lang, target_lang = info.get("source_language", "de"), info.get("target_language", "en")
+        sources = read_lines(src or Path(f"data/multi30k/val.{source_lang}.gz"))[:sentences]
+        references = read_lines(ref or Path(f"data/multi30k/val.{target_lang}.gz"))[:sentences]
+        pairs = [
+            (s, t)
+            for s, t in zip(checkpoint.tokenizers.source.encode(sources), checkpoint.tokenizers.target.encode(references))
+            if s and t
+        ]
+        if not pairs:
+            raise MTError("no sentence pairs to inspect")
+        batch = collate([s for s, _ in pairs], [t for _, t in pairs], config.pad_id, config.bos_id, config.eos_id)
+        label = Path(path).stem if Path(path).suffix else Path(path).name
+        flow = gradient_flow(checkpoint.model, batch, max_distance=distance)
+        flows[f"{label} ({config.cell})"] = flow
+        entry = {"cell": config.cell, "attention": config.attention, "gradient_flow": dataclasses.asdict(flow), "first_to_last": flow.first_to_last_ratio}
+        typer.echo(f"{label}: {config.cell}, attention {config.attention}; |dL/dh_t| by steps before the last one read ({flow.sentences} sentences)")
+        for d in range(0, len(flow.hidden), max(1, len(flow.hidden) // 8)):
+            cell = f"   |dL/dC| {flow.cell[d]:.3e}" if flow.cell else ""
+            typer.echo(f"  {d:>3}  |dL/dh| {flow.hidden[d]:.3e}{cell}")
+        typer.echo(f"  first/last step gradient ratio: {flow.first_to_last_ratio:.3e}")
+        if config.cell == "lstm":
+            gates = gate_statistics(checkpoint.model, batch)
+            entry["gates"] = gates
+            typer.echo("  encoder gates: mean (share < 0.1 / share > 0.9)")
+            for layer, values in gates.items():
+                summary = "  ".join(f"{g} {v['mean']:.2f} ({v['near_0']:.0%}/{v['near_1']:.0%})" for g, v in values.items())
+                typer.echo(f"    {layer}: {summary}")
+        if config.attention != "none":
+            translator = Translator(checkpoint.model, checkpoint.tokenizers)
+            text = sentence or sources[0]
+            translation = translator.translate([text], DecodeConfig(beam_size=5))[0]
+            alignment = translator.alignment(text, translation)
+            if alignment is not None:
+                plot_attention(*alignment, output / f"attention-{label}.png")
+                typer.echo(f"  attention heatmap: {output / f'attention-{label}.png'}")
+        report["models"][label] = entry
+    plot_gradient_flow(flows, output / "gradient-flow.png")
+    typer.echo(f"gradient flow plot: {output / 'gradient-flow.png'}")
+    if log is not None:
+        plot_learning_curves(read_log(log), output / "learning-curves.png")
+        typer.echo(f"learning curves: {output / 'learning-curves.png'}")
+    (output / "inspect.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+@app.command("compare")
+@user_errors
+def compare_cli(
+    train: Annotated[str, typer.Option(help="Training corpus.")] = "data/multi30k/train",
+    valid: Annotated[str, typer.Option(help="Validation corpus.")] = "data/multi30k/val",
+    src: Annotated[str, typer.Option(help="Source language.")] = "de",
+    tgt: Annotated[str, typer.Option(help="Target language.")] = "en",
+    tokenizer: Annotated[Optional[Path], typer.Option(help="Tokenizer directory. [default: data/tokenizers/SRC-TGT]")] = None,
+    minutes: Annotated[float, typer.Option(help="Wall-clock minutes of training for each cell.")] = 10.0,
+    embedding_size: Annotated[int, typer.Option(help="Embedding size E.")] = 256,
+    hidden_size: Annotated[int, typer.Option(help="The LSTM's hidden size; it sets the parameter budget.")] = 512,
+    layers: Annotated[int, typer.Option(help="Recurrent layers.")] = 2,
+    attention: Annotated[AttentionKind, typer.Option(help="Attention of all three models.")] = AttentionKind.none,
+    batch_tokens: Annotated[int, typer.Option(help="Tokens per batch.")] = 4096,
+    validate_every: Annotated[int, typer.Option(help="Validate every N updates (0: every epoch).")] = 200,
+    output: Annotated[Path, typer.Option(help="Directory for the three runs and compare.json.")] = Path("runs/compare"),
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 1,
+    device: DeviceOption = Device.auto,
+):
+    """Train a plain RNN, a GRU and an LSTM of equal parameter budget for the same wall time; print one table.
+
+    Example: mt compare --minutes 8 --output runs/compare
+    """
+    from mt.config import ModelConfig, TrainConfig
+    from mt.diagnostics import compare_cells
+    from mt.tokenizer import TokenizerPair
+    from mt.train import progress_bar
+
+    if minutes <= 0:
+        raise MTError(f"--minutes must be > 0, got {minutes}")
+    tokenizers = TokenizerPair.load(tokenizer or Path("data/tokenizers") / f"{src}-{tgt}")
+    config = ModelConfig(
+        src_vocab_size=tokenizers.source.vocab_size,
+        tgt_vocab_size=tokenizers.target.vocab_size,
+        embedding_size=embedding_size,
+        hidden_size=hidden_size,
+        num_layers=layers,
+        attention=attention.value,
+    )
+    train_config = TrainConfig(batch_tokens=batch_tokens, max_minutes=minutes, max_epochs=1000, patience=0, validate_every=validate_every, seed=seed)
+    err = _stderr_console()
+    _, corpus, validation = _training_data(train, valid, src, tgt, tokenizers, train_config.max_length, err)
+    with progress_bar(err) as progress:
+        rows = compare_cells(config, train_config, tokenizers, corpus, validation, output, resolve_device(device), progress=progress)
+    (output / "compare.json").write_text(json.dumps(rows, indent=2) + "\n")
+    typer.echo("| cell | hidden | parameters | updates | tokens/s | val BLEU | sentences/s (greedy) | dL/dh first/last |")
+    typer.echo("|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        typer.echo(
+            f"| {row['cell']} | {row['hidden_size']} | {row['parameters']:,} | {row['updates']} | {row['tokens_per_second']:,} | "
+            f"{row['validation_bleu']:.2f} | {row['sentences_per_second']} | {row['gradient_first_to_last']:.2e} |"
+        )
 
 
 @app.command("version")

@@ -18,6 +18,7 @@ class MTError(Exception):
 
 
 CELLS = ("lstm", "gru", "rnn")
+CELL_IMPLS = ("fused", "reference")
 ATTENTIONS = ("none", "bahdanau", "luong")
 
 
@@ -70,6 +71,7 @@ class ModelConfig(_JSONConfig):
     num_layers: int = 2
     dropout: float = 0.3
     cell: str = "lstm"
+    cell_impl: str = "fused"
     attention: str = "none"
     bidirectional: bool = False
     reverse_source: bool = True
@@ -89,6 +91,7 @@ class ModelConfig(_JSONConfig):
         _check_range("dropout", self.dropout, 0.0, 0.9)
         _check_range("max_source_length", self.max_source_length, 1)
         _check_choice("cell", self.cell, CELLS)
+        _check_choice("cell_impl", self.cell_impl, CELL_IMPLS)
         _check_choice("attention", self.attention, ATTENTIONS)
         if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
             raise MTError("share_embeddings needs one joint vocabulary (train the tokenizer with --joint)")

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from mt.cells import ReferenceRNN, reverse_padded
 from mt.config import ModelConfig
 
 RNN_CLASSES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
@@ -34,24 +35,22 @@ def map_state(state: State, fn: Callable[[torch.Tensor], torch.Tensor]) -> State
     return tuple(fn(s) for s in state) if isinstance(state, tuple) else fn(state)
 
 
-def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Reverse the first `lengths[b]` positions of each row of a (B, S, ...)
-    tensor and leave the padding where it is. Applying it twice is identity."""
-    batch, width = x.shape[:2]
-    positions = torch.arange(width, device=x.device).expand(batch, width)  # (B, S)
-    lengths = lengths.to(x.device)[:, None]
-    index = torch.where(positions < lengths, lengths - 1 - positions, positions)  # (B, S)
-    if x.dim() == 3:
-        index = index[:, :, None].expand(-1, -1, x.size(2))
-    return x.gather(1, index)
+def make_rnn(config: ModelConfig, input_size: int, hidden_size: int, bidirectional: bool) -> nn.Module:
+    """The recurrent layers: torch's fused kernels, or the lecture's equations (`cell_impl="reference"`)."""
+    options = dict(num_layers=config.num_layers, dropout=config.dropout if config.num_layers > 1 else 0.0, bidirectional=bidirectional)
+    if config.cell_impl == "reference":
+        rnn = ReferenceRNN(config.cell, input_size, hidden_size, **options)
+    else:
+        rnn = RNN_CLASSES[config.cell](input_size, hidden_size, batch_first=True, **options)
+    if config.cell == "lstm":
+        init_forget_gate_bias(rnn)
+    return rnn
 
 
 def init_forget_gate_bias(rnn: nn.Module, value: float = 1.0) -> None:
     """Start an LSTM's forget gates open (bias 1) so that the cell state, and
     its gradient, are carried across many steps from the first update on
     (Gers et al. 2000; Jozefowicz et al. 2015)."""
-    if not isinstance(rnn, nn.LSTM):
-        return
     for name, bias in rnn.named_parameters():
         if name.startswith("bias_ih"):
             hidden = bias.size(0) // 4  # gate order in torch: input, forget, cell, output
@@ -97,15 +96,7 @@ class Encoder(nn.Module):
         self.embedding = embedding
         self.dropout = nn.Dropout(config.dropout)
         directions = 2 if config.bidirectional else 1
-        self.rnn = RNN_CLASSES[config.cell](
-            config.embedding_size,
-            config.hidden_size // directions,
-            num_layers=config.num_layers,
-            dropout=config.dropout if config.num_layers > 1 else 0.0,
-            batch_first=True,
-            bidirectional=config.bidirectional,
-        )
-        init_forget_gate_bias(self.rnn)
+        self.rnn = make_rnn(config, config.embedding_size, config.hidden_size // directions, config.bidirectional)
         # The bridge maps the two directions' final states onto the decoder's initial state.
         self.bridge = (
             nn.ModuleList(nn.Linear(config.hidden_size, config.hidden_size) for _ in range(2 if config.cell == "lstm" else 1))
@@ -118,9 +109,12 @@ class Encoder(nn.Module):
         if self.reverse_source:  # Sutskever's trick: the first source words end up nearest the decoder
             source = reverse_padded(source, lengths)
         embedded = self.dropout(self.embedding(source))  # (B, S, E)
-        packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        outputs, state = self.rnn(packed)
-        memory, _ = pad_packed_sequence(outputs, batch_first=True, total_length=source.size(1))  # (B, S, H)
+        if isinstance(self.rnn, ReferenceRNN):
+            memory, state = self.rnn(embedded, None, lengths)  # (B, S, H)
+        else:
+            packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            outputs, state = self.rnn(packed)
+            memory, _ = pad_packed_sequence(outputs, batch_first=True, total_length=source.size(1))  # (B, S, H)
         if self.reverse_source:
             memory = reverse_padded(memory, lengths)
         if self.bridge is not None:
@@ -175,14 +169,7 @@ class Decoder(nn.Module):
         hidden = config.hidden_size
         self.attention = Attention(config.attention, hidden) if config.attention != "none" else None
         feed_size = hidden if self.attention is not None else 0
-        self.rnn = RNN_CLASSES[config.cell](
-            config.embedding_size + feed_size,
-            hidden,
-            num_layers=config.num_layers,
-            dropout=config.dropout if config.num_layers > 1 else 0.0,
-            batch_first=True,
-        )
-        init_forget_gate_bias(self.rnn)
+        self.rnn = make_rnn(config, config.embedding_size + feed_size, hidden, bidirectional=False)
         # Attentional vector h~_t = tanh(W_c [c_t; h_t]) (Luong et al. 2015).
         self.combine = nn.Linear(2 * hidden, hidden, bias=False) if self.attention is not None else None
         # With tied embeddings the output layer reuses the target embedding

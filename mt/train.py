@@ -52,6 +52,9 @@ class TrainerState:
     elapsed_seconds: float = 0.0  # wall time of the run so far, validation included
     train_seconds: float = 0.0  # time spent in training steps
     train_tokens: int = 0  # source + target tokens trained on
+    clipped_steps: int = 0  # updates whose gradient norm exceeded clip_norm (exploding gradients)
+    gradient_norm_sum: float = 0.0  # since the last validation, for its mean
+    gradient_norm_count: int = 0
     finished: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -219,6 +222,8 @@ class Trainer:
             "learning_rate": state.learning_rate,
             "elapsed_seconds": round(state.elapsed_seconds, 1),
             "tokens_per_second": round(state.train_tokens / max(state.train_seconds, 1e-9)),
+            "mean_gradient_norm": round(state.gradient_norm_sum / max(state.gradient_norm_count, 1), 4),
+            "clipped_steps": state.clipped_steps,
             "skipped_steps": state.skipped_steps,
         }
         if self.config.keep_checkpoints:
@@ -234,6 +239,7 @@ class Trainer:
             if state.validations_since_decay > self.config.lr_patience:  # reduce on plateau
                 state.learning_rate *= self.config.lr_decay
                 state.validations_since_decay = 0
+        state.gradient_norm_sum, state.gradient_norm_count = 0.0, 0
         state.history.append(record)
         with open(self.output / "log.jsonl", "a") as log:
             log.write(json.dumps(record) + "\n")
@@ -253,8 +259,9 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.state.learning_rate * scale
 
-    def train_step(self, batch_indices: list[int]) -> tuple[float, int] | None:
-        """One update on one batch: (loss, tokens), or None when the step was skipped as non-finite."""
+    def train_step(self, batch_indices: list[int]) -> tuple[float, int, float] | None:
+        """One update on one batch: (loss, tokens, gradient norm before clipping),
+        or None when the step was skipped as non-finite."""
         cfg = self.model_config
         batch = collate(
             [self.corpus.source[i] for i in batch_indices],
@@ -274,7 +281,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             return None
         self.optimizer.step()
-        return loss.item(), batch.num_tokens
+        return loss.item(), batch.num_tokens, grad_norm.item()
 
     def run(self, progress: Progress | None = None) -> TrainResult:
         self.output.mkdir(parents=True, exist_ok=True)
@@ -308,16 +315,18 @@ class Trainer:
                     consecutive_bad = 0
                     state.step += 1
                     state.elapsed_seconds = elapsed_before + time.perf_counter() - run_start
-                    loss, tokens = result
+                    loss, tokens, grad_norm = result
+                    state.gradient_norm_sum += grad_norm
+                    state.gradient_norm_count += 1
+                    state.clipped_steps += grad_norm > cfg.clip_norm
                     loss_average = loss if loss_average is None else 0.98 * loss_average + 0.02 * loss
                     state.train_tokens += tokens
                     if progress is not None:
                         rate = state.train_tokens / max(state.train_seconds, 1e-9)
-                        progress.update(
-                            task,
-                            completed=state.step,
-                            info=f"epoch {state.epoch + 1} loss {loss_average:.3f} {rate:,.0f} tok/s best BLEU {max(state.best_bleu, 0):.2f}",
-                        )
+                        info = f"epoch {state.epoch + 1} loss {loss_average:.3f} {rate:,.0f} tok/s best BLEU {max(state.best_bleu, 0):.2f}"
+                        progress.update(task, completed=state.step, info=info)
+                        if not progress.console.is_terminal and state.step % 100 == 0:  # a log file gets a line now and then
+                            progress.console.print(f"step {state.step}/{total_steps}  {info}")
                     if cfg.validate_every and state.step % cfg.validate_every == 0:
                         stop_early = self._validate_and_report(progress)
                     if stop_early or self.stop_requested or self._out_of_budget():

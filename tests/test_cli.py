@@ -753,3 +753,91 @@ def test_top_level_help_lists_every_command():
     assert result.exit_code == 0, result.output
     for command in COMMANDS:
         assert command in result.stdout
+
+
+# --------------------------------------------------------------------------
+# 4. More bad input, each through the CLI
+
+
+def test_tsv_row_with_wrong_column_count_names_the_line(tmp_path):
+    path = tmp_path / "pairs.tsv"
+    path.write_text("Ein Hund.\tA dog.\nEine Katze.\tA cat.\textra\n", encoding="utf-8")
+    result = _invoke(["train-tokenizer", "--train", path, "--vocab-size", 50, "--output", tmp_path / "tok"])
+    _assert_cli_error(result, "line 2", "3 tab-separated columns")
+
+
+def test_dataset_that_does_not_exist_is_a_one_line_error(tmp_path):
+    result = _invoke(
+        ["train-tokenizer", "--train", "hf:no-such-user/no-such-dataset", "--vocab-size", 50, "--output", tmp_path / "tok"],
+        env=_offline_env(),
+    )
+    _assert_cli_error(result, "cannot load dataset", "no-such-user/no-such-dataset")
+
+
+def test_split_that_does_not_exist_in_a_saved_dataset_is_a_one_line_error(tmp_path):
+    import datasets
+
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"de": ["Ein Hund."], "en": ["A dog."]})}).save_to_disk(
+        tmp_path / "saved"
+    )
+    result = _invoke(["train-tokenizer", "--train", f"{tmp_path / 'saved'}@nosuchsplit", "--vocab-size", 50, "--output", tmp_path / "tok"])
+    _assert_cli_error(result, "cannot load dataset", "nosuchsplit")
+
+
+def test_vocabulary_larger_than_the_corpus_supports_says_what_to_do(cli_corpus, tmp_path):
+    result = _invoke(["train-tokenizer", "--train", cli_corpus.train, "--vocab-size", 50000, "--output", tmp_path / "tok"])
+    _assert_cli_error(result, "vocabulary size 50000", "--vocab-size")
+    assert not (tmp_path / "tok").exists()
+
+
+@pytest.mark.parametrize("option", ["--hidden-size", "--embedding-size", "--layers", "--batch-tokens"])
+def test_negative_sizes_name_the_valid_range(cli_corpus, cli_tokenizer, tmp_path, option):
+    assert cli_tokenizer.result.exit_code == 0
+    result = _invoke(
+        ["train", "--train", cli_corpus.train, "--valid", cli_corpus.valid, "--tokenizer", cli_tokenizer.directory, "--output", tmp_path / "run", option, "-5", "--device", "cpu"]
+    )
+    _assert_cli_error(result, ">=", "got -5")
+
+
+def test_checkpoint_of_another_format_version_is_a_one_line_error(cli_model, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(cli_model), framework="pt") as handle:
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+        metadata = {**handle.metadata(), "format_version": "999"}
+    path = tmp_path / "future.safetensors"
+    save_file(tensors, str(path), metadata=metadata)
+    result = _invoke(["translate", "--model", path, "--device", "cpu", "Ein Hund."])
+    _assert_cli_error(result, "format version 999")
+
+
+def test_odd_input_lines_each_get_exactly_one_output_line(cli_model):
+    lines = [
+        "",
+        "   \t  ",
+        "Ein Hund 🐕 läuft 🚀🚀",
+        "Собака бежит по парку",
+        "犬が公園を走る",
+        "Ein\x07Hund\x1b[31m rot\x00",
+        "Ein Hund läuft. " * 400,
+        "\u200b\u200e\ufeff",
+    ]
+    process = _run_mt(["translate", "--model", str(cli_model), "--device", "cpu"], stdin="\n".join(lines).encode() + b"\n")
+    assert process.returncode == 0, process.stderr.decode()
+    out = process.stdout.decode("utf-8").split("\n")
+    assert out[-1] == "" and len(out) - 1 == len(lines)
+    assert out[0] == "" and out[1] == ""
+    stderr = process.stderr.decode()
+    assert "Traceback" not in stderr
+    assert "warning: input line 7" in stderr
+
+
+def test_checkpoint_records_versions_seed_config_and_data_fingerprint(cli_run):
+    from mt.checkpoint import load_checkpoint
+
+    info = load_checkpoint(cli_run.best).info
+    assert set(info["versions"]) >= {"mt", "torch", "sentencepiece", "sacrebleu"}
+    assert info["seed"] == 1
+    assert info["train_fingerprint"].startswith("sha256:")
+    assert info["train_config"]["max_steps"] == 200

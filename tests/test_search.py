@@ -166,8 +166,17 @@ def test_hypothesis_score_is_its_length_penalised_log_probability(make_model, ma
 OVERFIT_PAIRS = (0, 17, 45, 62, 83)  # indices into the conftest corpus, one per template and then some
 
 
-@pytest.mark.parametrize("attention", ["none", "luong"])
-def test_tiny_model_learns_a_few_pairs_by_heart(tokenizers, corpus_pairs, attention):
+LEARNERS = [
+    {"cell": "lstm", "attention": "none", "bidirectional": False},
+    {"cell": "lstm", "attention": "luong", "bidirectional": False},
+    {"cell": "lstm", "attention": "bahdanau", "bidirectional": True},
+    {"cell": "gru", "attention": "none", "bidirectional": True},
+    {"cell": "rnn", "attention": "luong", "bidirectional": False},
+]
+
+
+@pytest.mark.parametrize("options", LEARNERS, ids=[f"{o['cell']}-{o['attention']}-{'bi' if o['bidirectional'] else 'uni'}" for o in LEARNERS])
+def test_tiny_model_learns_a_few_pairs_by_heart(tokenizers, corpus_pairs, options):
     pairs = [corpus_pairs[i] for i in OVERFIT_PAIRS]
     source = tokenizers.source.encode([de for de, _ in pairs])
     target = tokenizers.target.encode([en for _, en in pairs])
@@ -179,8 +188,7 @@ def test_tiny_model_learns_a_few_pairs_by_heart(tokenizers, corpus_pairs, attent
         hidden_size=64,
         num_layers=1,
         dropout=0.0,
-        cell="lstm",
-        attention=attention,
+        **options,
     )
     torch.manual_seed(0)
     model = Seq2Seq(config)
