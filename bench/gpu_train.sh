@@ -5,7 +5,8 @@
 #
 # Run through the device tool from the repository root, with the Multi30k files in
 # .devdata/multi30k/ and wheels for `datasets` in .whl/ (carried), e.g.
-#   MINUTES=6 bash bench/gpu_train.sh
+#   MINUTES=6 bash bench/gpu_train.sh              (all runs: shipped models and ablations)
+#   ONLY=en-de MINUTES=2.8 bash bench/gpu_train.sh  (the en-de runs alone)
 # It writes to $OUT (default: gpu-out/): logs.tar.gz and the chosen models split in
 # 15 MB parts (join with `cat NAME.part-* > model.safetensors`).
 set -u
@@ -25,10 +26,13 @@ if [ -z "${SKIP_DEPS:-}" ] && ! python3 -c "import datasets" 2>logs/datasets-imp
   python3 -c "import datasets" || { echo "datasets does not import"; exit 1; }
 fi
 MT="python3 -m mt"
+# Logs reach $OUT every 15 s, so that a run cut short still reports what it did.
+(while sleep 15; do tar czf "$OUT/logs.tar.gz" logs runs/*/log.jsonl 2>/dev/null; done) &
+LOGGER=$!
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; python3 -c "import torch, datasets; print('torch', torch.__version__, 'datasets', datasets.__version__, 'cuda', torch.cuda.is_available())"; nproc; } | tee logs/machine.txt
 
 # -- tokenizers (joint unigram, 8000 pieces)
-$MT train-tokenizer --train $DATA/train --src de --tgt en --vocab-size ${VOCAB:-8000} --output data/tokenizers/de-en 2>&1 | tee logs/tokenizer-de-en.txt
+[ "${ONLY:-}" = en-de ] || $MT train-tokenizer --train $DATA/train --src de --tgt en --vocab-size ${VOCAB:-8000} --output data/tokenizers/de-en 2>&1 | tee logs/tokenizer-de-en.txt
 $MT train-tokenizer --train $DATA/train --src en --tgt de --vocab-size ${VOCAB:-8000} --output data/tokenizers/en-de 2>&1 | tee logs/tokenizer-en-de.txt
 
 COMMON="--train $DATA/train --valid $DATA/val --device $DEVICE --epochs 60 --patience 8 --max-minutes $MINUTES --share-embeddings"
@@ -37,18 +41,25 @@ run() {  # name, arguments...
   local name=$1; shift
   echo "mt train $* --output runs/$name" > logs/$name.command
   $MT train "$@" --output runs/$name > logs/$name.txt 2>&1 &
+  RUNS="$RUNS $!"
 }
-run de-en-luong        $COMMON --src de --tgt en $ATT --keep-checkpoints 5
-run de-en-bahdanau     $COMMON --src de --tgt en --attention bahdanau --bidirectional --hidden-size 448 --keep-checkpoints 5
-run de-en-luong-drop5  $COMMON --src de --tgt en $ATT --dropout 0.5 --keep-checkpoints 5
-run de-en-luong-nols   $COMMON --src de --tgt en $ATT --label-smoothing 0
-run de-en-luong-constlr $COMMON --src de --tgt en $ATT --lr-patience 1000
-run en-de-luong        $COMMON --src en --tgt de $ATT --keep-checkpoints 5
-run en-de-luong-drop5  $COMMON --src en --tgt de $ATT --dropout 0.5 --keep-checkpoints 5
-run de-en-base         $COMMON --src de --tgt en --attention none --keep-checkpoints 5
-run de-en-base-bidir   $COMMON --src de --tgt en --attention none --bidirectional --keep-checkpoints 5
-run de-en-base-noreverse $COMMON --src de --tgt en --attention none --no-reverse-source
-wait
+RUNS=""
+if [ "${ONLY:-}" = en-de ]; then  # a second, shorter session for en-de alone
+  run en-de-luong-drop5  $COMMON --src en --tgt de $ATT --dropout 0.5 --keep-checkpoints 5
+  run en-de-luong-drop4  $COMMON --src en --tgt de $ATT --dropout 0.4 --keep-checkpoints 5
+else
+  run de-en-luong        $COMMON --src de --tgt en $ATT --keep-checkpoints 5
+  run de-en-bahdanau     $COMMON --src de --tgt en --attention bahdanau --bidirectional --hidden-size 448 --keep-checkpoints 5
+  run de-en-luong-drop5  $COMMON --src de --tgt en $ATT --dropout 0.5 --keep-checkpoints 5
+  run de-en-luong-nols   $COMMON --src de --tgt en $ATT --label-smoothing 0
+  run de-en-luong-constlr $COMMON --src de --tgt en $ATT --lr-patience 1000
+  run en-de-luong        $COMMON --src en --tgt de $ATT --keep-checkpoints 5
+  run en-de-luong-drop5  $COMMON --src en --tgt de $ATT --dropout 0.5 --keep-checkpoints 5
+  run de-en-base         $COMMON --src de --tgt en --attention none --keep-checkpoints 5
+  run de-en-base-bidir   $COMMON --src de --tgt en --attention none --bidirectional --keep-checkpoints 5
+  run de-en-base-noreverse $COMMON --src de --tgt en --attention none --no-reverse-source
+fi
+wait $RUNS
 nvidia-smi --query-gpu=memory.used --format=csv >> logs/machine.txt
 
 # -- for each candidate: best checkpoint vs average of the last 5, scored on val at beam 5
@@ -74,10 +85,15 @@ pick() {  # shipped name, src, tgt, candidate runs...
   echo "fp16 $(score runs/$name.safetensors $src $tgt)" | sed "s/^/$name /" | tee -a logs/selection.txt
   split -b 15000000 runs/$name.safetensors "$OUT/$name.part-"
 }
-pick de-en de en de-en-luong de-en-bahdanau de-en-luong-drop5 &
-pick en-de en de en-de-luong en-de-luong-drop5 &
-pick de-en-base de en de-en-base de-en-base-bidir &
-wait
+if [ "${ONLY:-}" = en-de ]; then
+  pick en-de en de en-de-luong-drop5 en-de-luong-drop4
+else
+  pick de-en de en de-en-luong de-en-bahdanau de-en-luong-drop5 & PICKS="$!"
+  pick en-de en de en-de-luong en-de-luong-drop5 & PICKS="$PICKS $!"
+  pick de-en-base de en de-en-base de-en-base-bidir & PICKS="$PICKS $!"
+  wait $PICKS
+fi
 for run in runs/*/; do cp "$run/log.jsonl" "logs/$(basename "$run").jsonl" 2>/dev/null; done
+kill $LOGGER 2>/dev/null
 tar czf "$OUT/logs.tar.gz" logs
 ls -la "$OUT"

@@ -1,0 +1,1 @@
+mt train --train .devdata/multi30k/train --valid .devdata/multi30k/val --device cuda --epochs 60 --patience 8 --max-minutes 2.8 --share-embeddings --src en --tgt de --attention luong --bidirectional --hidden-size 448 --dropout 0.4 --keep-checkpoints 5 --output runs/en-de-luong-drop4
