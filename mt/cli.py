@@ -25,6 +25,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # help texts hold literal [brackets]
 )
 
 
@@ -98,6 +99,15 @@ LengthPenaltyOption = Annotated[
     float, typer.Option("--length-penalty", help="GNMT length penalty alpha: 0 ranks by raw log-probability, 1 normalises by length.")
 ]
 DeviceOption = Annotated[Device, typer.Option(help="Where to run: auto picks CUDA when available.")]
+TrainOption = Annotated[str, typer.Option(help="Training corpus: a file prefix, a .tsv file, or hf:NAME[@SPLIT].")]
+ValidOption = Annotated[str, typer.Option(help="Validation corpus, same forms as --train.")]
+SrcOption = Annotated[str, typer.Option(help="Source language (file suffix or dataset key).")]
+TgtOption = Annotated[str, typer.Option(help="Target language (file suffix or dataset key).")]
+TokenizerOption = Annotated[Optional[Path], typer.Option(help="Tokenizer directory. [default: data/tokenizers/SRC-TGT]")]
+EmbeddingOption = Annotated[int, typer.Option(help="Embedding size E.")]
+LayersOption = Annotated[int, typer.Option(help="Recurrent layers in encoder and decoder.")]
+BatchTokensOption = Annotated[int, typer.Option(help="Tokens per batch (padded, the longer side).")]
+SeedOption = Annotated[int, typer.Option(help="Random seed: the same seed on CPU gives the same model.")]
 
 
 @app.command("prepare-data")
@@ -119,9 +129,9 @@ def prepare_data_cli(
 @app.command("train-tokenizer")
 @user_errors
 def train_tokenizer_cli(
-    train: Annotated[str, typer.Option(help="Training corpus: a file prefix, a .tsv file, or hf:NAME[@SPLIT].")] = "data/multi30k/train",
-    src: Annotated[str, typer.Option(help="Source language (file suffix or dataset key).")] = "de",
-    tgt: Annotated[str, typer.Option(help="Target language (file suffix or dataset key).")] = "en",
+    train: TrainOption = "data/multi30k/train",
+    src: SrcOption = "de",
+    tgt: TgtOption = "en",
     vocab_size: Annotated[int, typer.Option(help="Subword vocabulary size (per tokenizer).")] = 8000,
     model_type: Annotated[ModelType, typer.Option(help="SentencePiece algorithm.")] = ModelType.unigram,
     joint: Annotated[bool, typer.Option("--joint/--separate", help="One tokenizer for both languages, or one each.")] = True,
@@ -153,15 +163,15 @@ def train_tokenizer_cli(
 @app.command("train")
 @user_errors
 def train_cli(
-    train: Annotated[str, typer.Option(help="Training corpus: a file prefix, a .tsv file, or hf:NAME[@SPLIT].")] = "data/multi30k/train",
-    valid: Annotated[str, typer.Option(help="Validation corpus, same forms as --train.")] = "data/multi30k/val",
-    src: Annotated[str, typer.Option(help="Source language.")] = "de",
-    tgt: Annotated[str, typer.Option(help="Target language.")] = "en",
-    tokenizer: Annotated[Optional[Path], typer.Option(help="Tokenizer directory. [default: data/tokenizers/SRC-TGT]")] = None,
+    train: TrainOption = "data/multi30k/train",
+    valid: ValidOption = "data/multi30k/val",
+    src: SrcOption = "de",
+    tgt: TgtOption = "en",
+    tokenizer: TokenizerOption = None,
     output: Annotated[Optional[Path], typer.Option(help="Run directory. [default: runs/SRC-TGT]")] = None,
-    embedding_size: Annotated[int, typer.Option(help="Embedding size E.")] = 256,
+    embedding_size: EmbeddingOption = 256,
     hidden_size: Annotated[int, typer.Option(help="Hidden size H of the recurrent layers.")] = 512,
-    layers: Annotated[int, typer.Option(help="Recurrent layers in encoder and decoder.")] = 2,
+    layers: LayersOption = 2,
     dropout: Annotated[float, typer.Option(help="Dropout on embeddings, between layers and before the output.")] = 0.3,
     cell: Annotated[Cell, typer.Option(help="Recurrent cell.")] = Cell.lstm,
     cell_impl: Annotated[CellImpl, typer.Option(help="fused: torch's kernels; reference: the lecture's equations (slow).")] = CellImpl.fused,
@@ -170,7 +180,7 @@ def train_cli(
     reverse_source: Annotated[bool, typer.Option(help="Read the source backwards (Sutskever et al. 2014).")] = True,
     tie_embeddings: Annotated[bool, typer.Option(help="Tie the decoder's input and output embeddings.")] = True,
     share_embeddings: Annotated[bool, typer.Option(help="One embedding matrix for both languages (joint tokenizer).")] = False,
-    batch_tokens: Annotated[int, typer.Option(help="Tokens per batch (padded, the longer side).")] = 4096,
+    batch_tokens: BatchTokensOption = 4096,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
     clip_norm: Annotated[float, typer.Option(help="Clip the gradient norm to this (exploding gradients).")] = 1.0,
     label_smoothing: Annotated[float, typer.Option(help="Label smoothing of the loss.")] = 0.1,
@@ -185,7 +195,7 @@ def train_cli(
     validation_beam: Annotated[int, typer.Option(help="Beam size for validation BLEU.")] = 1,
     max_minutes: Annotated[float, typer.Option(help="Stop after this many minutes of wall time (0: no limit).")] = 0.0,
     keep_checkpoints: Annotated[int, typer.Option(help="Keep the last N validation checkpoints, for mt average.")] = 0,
-    seed: Annotated[int, typer.Option(help="Random seed: the same seed on CPU gives the same model.")] = 1,
+    seed: SeedOption = 1,
     device: DeviceOption = Device.auto,
     overwrite: Annotated[bool, typer.Option(help="Start afresh even if the run directory holds a finished run.")] = False,
 ):
@@ -423,6 +433,7 @@ def translate_cli(
 ):
     """Translate sentences: from arguments, from a pipe (one per line), or interactively.
 
+    \b
     Examples:
       mt translate "Ein Hund läuft über die Wiese."
       mt translate < sentences.de > sentences.en
@@ -513,6 +524,7 @@ def inspect_cli(
     """Measure what the lecture talks about: the gradient reaching each encoder step
     (backpropagation through time), the LSTM's gate activations, learning curves and attention.
 
+    \b
     Examples:
       mt inspect --model checkpoints/de-en-base
       mt inspect -m runs/compare/rnn/best.safetensors -m runs/compare/lstm/best.safetensors --output inspect/cells
@@ -579,20 +591,20 @@ def inspect_cli(
 @app.command("compare")
 @user_errors
 def compare_cli(
-    train: Annotated[str, typer.Option(help="Training corpus.")] = "data/multi30k/train",
-    valid: Annotated[str, typer.Option(help="Validation corpus.")] = "data/multi30k/val",
-    src: Annotated[str, typer.Option(help="Source language.")] = "de",
-    tgt: Annotated[str, typer.Option(help="Target language.")] = "en",
-    tokenizer: Annotated[Optional[Path], typer.Option(help="Tokenizer directory. [default: data/tokenizers/SRC-TGT]")] = None,
+    train: TrainOption = "data/multi30k/train",
+    valid: ValidOption = "data/multi30k/val",
+    src: SrcOption = "de",
+    tgt: TgtOption = "en",
+    tokenizer: TokenizerOption = None,
     minutes: Annotated[float, typer.Option(help="Wall-clock minutes of training for each cell.")] = 10.0,
-    embedding_size: Annotated[int, typer.Option(help="Embedding size E.")] = 256,
+    embedding_size: EmbeddingOption = 256,
     hidden_size: Annotated[int, typer.Option(help="The LSTM's hidden size; it sets the parameter budget.")] = 512,
-    layers: Annotated[int, typer.Option(help="Recurrent layers.")] = 2,
+    layers: LayersOption = 2,
     attention: Annotated[AttentionKind, typer.Option(help="Attention of all three models.")] = AttentionKind.none,
-    batch_tokens: Annotated[int, typer.Option(help="Tokens per batch.")] = 4096,
+    batch_tokens: BatchTokensOption = 4096,
     validate_every: Annotated[int, typer.Option(help="Validate every N updates (0: every epoch).")] = 200,
     output: Annotated[Path, typer.Option(help="Directory for the three runs and compare.json.")] = Path("runs/compare"),
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 1,
+    seed: SeedOption = 1,
     device: DeviceOption = Device.auto,
 ):
     """Train a plain RNN, a GRU and an LSTM of equal parameter budget for the same wall time; print one table.
@@ -637,4 +649,8 @@ def version_cli():
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:  # Ctrl-C while loading, before a command could handle it
+        typer.echo("", err=True)
+        sys.exit(130)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,8 +57,8 @@ def iter_lines(path: Path) -> Iterator[str]:
                     yield raw.decode("utf-8").rstrip("\r\n")
                 except UnicodeDecodeError:
                     raise MTError(f"{path}: line {number} is not valid UTF-8") from None
-    except OSError as error:  # permissions, a corrupt gzip stream
-        raise MTError(f"cannot read {path}: {error.strerror or error}") from None
+    except (OSError, EOFError, zlib.error) as error:  # permissions, a corrupt or cut-off gzip stream
+        raise MTError(f"cannot read {path}: {getattr(error, 'strerror', None) or error}") from None
 
 
 def read_lines(path: Path) -> list[str]:

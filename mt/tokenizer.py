@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,11 +123,17 @@ def train_sentencepiece(
         )
     except RuntimeError as error:
         message = str(error)
-        if "Vocabulary size too high" in message or "vocab_size" in message:
-            limit = message.rsplit("<=", 1)[-1].strip(" .") if "<=" in message else "a smaller value"
+        too_high = re.search(r"Vocabulary size too high.*<= (\d+)", message)
+        if too_high:
             raise MTError(
-                f"vocabulary size {vocab_size} is larger than this corpus supports ({limit} at most); "
+                f"vocabulary size {vocab_size} is larger than this corpus supports ({too_high.group(1)} at most); "
                 "pass a smaller --vocab-size or a larger corpus"
             ) from None
-        raise MTError(f"SentencePiece training failed: {message}") from None
+        too_low = re.search(r"smaller than required_chars\. \d+ vs (\d+)", message)
+        if too_low:
+            raise MTError(
+                f"vocabulary size {vocab_size} is smaller than the {too_low.group(1)} distinct characters of this corpus; "
+                f"pass --vocab-size {too_low.group(1)} or more"
+            ) from None
+        raise MTError(f"SentencePiece training failed: {message.splitlines()[0] if message else error!r}") from None
     return Tokenizer(proto.getvalue())

@@ -841,3 +841,27 @@ def test_checkpoint_records_versions_seed_config_and_data_fingerprint(cli_run):
     assert info["seed"] == 7  # cli_run trains with --seed 7
     assert info["train_fingerprint"].startswith("sha256:")
     assert info["train_config"]["max_steps"] == 200
+
+
+def test_corrupt_gzip_corpus_is_a_one_line_error(tmp_path):
+    prefix = _write_pair(tmp_path / "ok", ["Ein Hund."], ["A dog."])
+    Path(f"{prefix}.de.gz").write_bytes(b"\x1f\x8b\x08\x00not really gzip data")
+    result = _invoke(["train-tokenizer", "--train", prefix, "--vocab-size", 50, "--output", tmp_path / "tok"])
+    _assert_cli_error(result, "cannot read", "ok.de.gz")
+
+
+def test_checkpoint_whose_tokenizer_does_not_match_its_model_is_a_one_line_error(cli_model, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from mt.tokenizer import train_sentencepiece
+
+    other = train_sentencepiece([f"Satz Nummer {i} über etwas anderes ." for i in range(50)], vocab_size=35)
+    with safe_open(str(cli_model), framework="pt") as handle:
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+        metadata = handle.metadata()
+    tensors["tokenizer.source"] = torch.frombuffer(bytearray(other.model_proto), dtype=torch.uint8)
+    path = tmp_path / "mismatch.safetensors"
+    save_file(tensors, str(path), metadata=metadata)
+    result = _invoke(["translate", "--model", path, "--device", "cpu", "Ein Hund."])
+    _assert_cli_error(result, "tokenizers do not match")

@@ -97,3 +97,8 @@ def test_bpe_tokenizer_round_trips(corpus_pairs):
     bpe = train_sentencepiece([text for pair in corpus_pairs for text in pair], vocab_size=60, model_type="bpe")
     texts = [corpus_pairs[3][0], corpus_pairs[70][1]]
     assert bpe.decode(bpe.encode(texts)) == texts
+
+
+def test_a_vocabulary_smaller_than_the_alphabet_says_how_large_it_must_be():
+    with pytest.raises(MTError, match=r"distinct characters of this corpus; pass --vocab-size \d+ or more"):
+        train_sentencepiece(["abcdefghijklmnopqrstuvwxyz ABCDEFGHIJ"] * 20, vocab_size=10)
