@@ -519,6 +519,7 @@ def inspect_cli(
     distance: Annotated[int, typer.Option(help="Measure the gradient up to this many steps back in time.")] = 15,
     log: Annotated[Optional[Path], typer.Option(help="A run's log.jsonl: plot its learning curves.")] = None,
     sentence: Annotated[Optional[str], typer.Option(help="Sentence for the attention heatmap. [default: the first source]")] = None,
+    untrained: Annotated[bool, typer.Option(help="Also measure each model freshly initialised (same config, seed 1).")] = False,
     output: Annotated[Path, typer.Option(help="Directory for the PNG plots and inspect.json.")] = Path("inspect"),
 ):
     """Measure what the lecture talks about: the gradient reaching each encoder step
@@ -530,56 +531,54 @@ def inspect_cli(
       mt inspect -m runs/compare/rnn/best.safetensors -m runs/compare/lstm/best.safetensors --output inspect/cells
       mt inspect --log runs/de-en/log.jsonl
     """
+    import torch
+
     from mt.checkpoint import load_checkpoint
-    from mt.data import collate, read_lines
-    from mt.diagnostics import gate_statistics, gradient_flow, plot_attention, plot_gradient_flow, plot_learning_curves, read_log
-    from mt.evaluate import Translator
-    from mt.config import DecodeConfig
+    from mt.data import read_lines
+    from mt.diagnostics import inspect_model, plot_attention, plot_gradient_flow, plot_learning_curves, read_log
+    from mt.model import Seq2Seq
 
     if sentences < 1 or distance < 1:
         raise MTError(f"--sentences and --distance must be >= 1, got {sentences} and {distance}")
+    checkpoints = []
+    for path in model or [default_model()]:
+        checkpoint = load_checkpoint(path)
+        label = Path(path).stem if Path(path).suffix else Path(path).name
+        checkpoints.append((label, checkpoint))
+        if untrained:
+            torch.manual_seed(1)
+            fresh = dataclasses.replace(checkpoint, model=Seq2Seq(checkpoint.model.config).eval())
+            checkpoints.append((f"{label}, untrained", fresh))
     output.mkdir(parents=True, exist_ok=True)
     report: dict = {"models": {}}
     flows = {}
-    for path in model or [default_model()]:
-        checkpoint = load_checkpoint(path)
-        info, config = checkpoint.info, checkpoint.model.config
-        source_lang, target_lang = info.get("source_language", "de"), info.get("target_language", "en")
-        sources = read_lines(src or Path(f"data/multi30k/val.{source_lang}.gz"))[:sentences]
-        references = read_lines(ref or Path(f"data/multi30k/val.{target_lang}.gz"))[:sentences]
-        pairs = [
-            (s, t)
-            for s, t in zip(checkpoint.tokenizers.source.encode(sources), checkpoint.tokenizers.target.encode(references))
-            if s and t
-        ]
-        if not pairs:
-            raise MTError("no sentence pairs to inspect")
-        batch = collate([s for s, _ in pairs], [t for _, t in pairs], config.pad_id, config.bos_id, config.eos_id)
-        label = Path(path).stem if Path(path).suffix else Path(path).name
-        flow = gradient_flow(checkpoint.model, batch, max_distance=distance)
-        flows[f"{label} ({config.cell})"] = flow
-        entry = {"cell": config.cell, "attention": config.attention, "gradient_flow": dataclasses.asdict(flow), "first_to_last": flow.first_to_last_ratio}
+    for label, checkpoint in checkpoints:
+        config, info = checkpoint.model.config, checkpoint.info
+        sources = read_lines(src or Path(f"data/multi30k/val.{info.get('source_language', 'de')}.gz"))[:sentences]
+        references = read_lines(ref or Path(f"data/multi30k/val.{info.get('target_language', 'en')}.gz"))[:sentences]
+        found = inspect_model(checkpoint.model, checkpoint.tokenizers, sources, references, distance, sentence)
+        flow = flows[f"{label} ({config.cell})"] = found.flow
         typer.echo(f"{label}: {config.cell}, attention {config.attention}; |dL/dh_t| by steps before the last one read ({flow.sentences} sentences)")
         for d in range(0, len(flow.hidden), max(1, len(flow.hidden) // 8)):
             cell = f"   |dL/dC| {flow.cell[d]:.3e}" if flow.cell else ""
             typer.echo(f"  {d:>3}  |dL/dh| {flow.hidden[d]:.3e}{cell}")
         typer.echo(f"  first/last step gradient ratio: {flow.first_to_last_ratio:.3e}")
-        if config.cell == "lstm":
-            gates = gate_statistics(checkpoint.model, batch)
-            entry["gates"] = gates
+        if found.gates:
             typer.echo("  encoder gates: mean (share < 0.1 / share > 0.9)")
-            for layer, values in gates.items():
+            for layer, values in found.gates.items():
                 summary = "  ".join(f"{g} {v['mean']:.2f} ({v['near_0']:.0%}/{v['near_1']:.0%})" for g, v in values.items())
                 typer.echo(f"    {layer}: {summary}")
-        if config.attention != "none":
-            translator = Translator(checkpoint.model, checkpoint.tokenizers)
-            text = sentence or sources[0]
-            translation = translator.translate([text], DecodeConfig(beam_size=5))[0]
-            alignment = translator.alignment(text, translation)
-            if alignment is not None:
-                plot_attention(*alignment, output / f"attention-{label}.png")
-                typer.echo(f"  attention heatmap: {output / f'attention-{label}.png'}")
-        report["models"][label] = entry
+        if found.alignment:
+            heatmap = output / f"attention-{label.replace(', ', '-')}.png"
+            plot_attention(*found.alignment, heatmap)
+            typer.echo(f"  attention heatmap: {heatmap}")
+        report["models"][label] = {
+            "cell": config.cell,
+            "attention": config.attention,
+            "gradient_flow": dataclasses.asdict(flow),
+            "first_to_last": flow.first_to_last_ratio,
+            "gates": found.gates,
+        }
     plot_gradient_flow(flows, output / "gradient-flow.png")
     typer.echo(f"gradient flow plot: {output / 'gradient-flow.png'}")
     if log is not None:

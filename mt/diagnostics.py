@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from mt.cells import Trace
-from mt.config import ModelConfig, TrainConfig
-from mt.data import Batch, TokenizedCorpus
+from mt.config import ModelConfig, MTError, TrainConfig
+from mt.data import Batch, TokenizedCorpus, collate
 from mt.model import Seq2Seq
 from mt.tokenizer import TokenizerPair
 
@@ -107,6 +107,48 @@ def gate_statistics(model: Seq2Seq, batch: Batch, low: float = 0.1, high: float 
                 "near_1": float((real > high).float().mean()),
             }
     return statistics
+
+
+def pair_batch(config: ModelConfig, tokenizers: TokenizerPair, sources: Sequence[str], references: Sequence[str]) -> Batch:
+    """One teacher-forcing batch of the non-empty sentence pairs."""
+    pairs = [(s, t) for s, t in zip(tokenizers.source.encode(sources), tokenizers.target.encode(references)) if s and t]
+    if not pairs:
+        raise MTError("no sentence pairs to inspect")
+    return collate([s for s, _ in pairs], [t for _, t in pairs], config.pad_id, config.bos_id, config.eos_id)
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """What `mt inspect` measures of one model on a set of sentence pairs."""
+
+    flow: GradientFlow
+    gates: dict[str, dict[str, dict[str, float]]] | None  # LSTMs only
+    alignment: tuple[list[str], list[str], torch.Tensor] | None  # attention models only: pieces and weights (T, S)
+
+
+def inspect_model(
+    model: Seq2Seq,
+    tokenizers: TokenizerPair,
+    sources: Sequence[str],
+    references: Sequence[str],
+    max_distance: int,
+    sentence: str | None = None,
+) -> Inspection:
+    """Gradient flow and gate statistics on the pairs, and the attention the
+    model gives its beam-5 translation of `sentence` (default: the first source)."""
+    from mt.config import DecodeConfig
+    from mt.evaluate import Translator
+
+    config = model.config
+    batch = pair_batch(config, tokenizers, sources, references)
+    flow = gradient_flow(model, batch, max_distance=max_distance)
+    gates = gate_statistics(model, batch) if config.cell == "lstm" else None
+    alignment = None
+    if config.attention != "none":
+        translator = Translator(model, tokenizers)
+        text = sentence or sources[0]
+        alignment = translator.alignment(text, translator.translate([text], DecodeConfig(beam_size=5))[0])
+    return Inspection(flow, gates, alignment)
 
 
 def _pyplot():
@@ -197,7 +239,6 @@ def compare_cells(
 
     from mt.checkpoint import load_checkpoint
     from mt.config import DecodeConfig
-    from mt.data import collate
     from mt.evaluate import Translator
     from mt.train import Trainer
 
@@ -214,8 +255,7 @@ def compare_cells(
         started = time.perf_counter()
         translator.translate(sources, DecodeConfig(beam_size=1))
         seconds = time.perf_counter() - started
-        sample = [(s, t) for s, t in zip(tokenizers.source.encode(sources), tokenizers.target.encode(references)) if s and t][:64]
-        batch = collate([s for s, _ in sample], [t for _, t in sample], config.pad_id, config.bos_id, config.eos_id).to(device)
+        batch = pair_batch(config, tokenizers, sources[:64], references[:64]).to(device)
         flow = gradient_flow(best.model, batch, max_distance=15)
         rows.append(
             {

@@ -117,8 +117,7 @@ def beam_search(
         rows = (torch.arange(n, device=device)[:, None] * k + origin.gather(1, keep)).view(-1)  # (n*K,)
         previous = token.gather(1, keep).view(-1)
         history = torch.cat([history[rows], previous[:, None]], dim=1)
-        state = state.select(rows)
-        encoded = encoded.select(rows)
+        state = state.select(rows)  # the encoder output needs no reordering: a sentence's beams share it
 
         done = []
         for i, sentence in enumerate(searching):

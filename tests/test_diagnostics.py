@@ -88,14 +88,14 @@ def test_inspect_cli_writes_tables_and_valid_pngs(tokenizers, corpus_pairs, tmp_
         "".join(json.dumps({"step": s, "elapsed_seconds": 6.0 * s, "validation_loss": 3.0 / s, "validation_bleu": 2.0 * s}) + "\n" for s in (1, 2, 3))
     )
     output = tmp_path / "inspect"
-    arguments = ["inspect", "--model", paths[0], "--model", paths[1], "--src", src, "--ref", ref, "--distance", "4", "--log", log, "--output", output]
+    arguments = ["inspect", "--model", paths[0], "--model", paths[1], "--untrained", "--src", src, "--ref", ref, "--distance", "4", "--log", log, "--output", output]
     result = CliRunner().invoke(app, [str(a) for a in arguments])
     assert result.exit_code == 0, result.output
     assert "first/last step gradient ratio" in result.stdout and "forget" in result.stdout
     for name in ("gradient-flow.png", "learning-curves.png", "attention-lstm.png"):
         assert (output / name).read_bytes()[:8] == PNG_SIGNATURE, name
     report = json.loads((output / "inspect.json").read_text())
-    assert set(report["models"]) == {"rnn", "lstm"}
+    assert set(report["models"]) == {"rnn", "lstm", "rnn, untrained", "lstm, untrained"}
     assert all(math.isfinite(v) for v in report["models"]["rnn"]["gradient_flow"]["hidden"])
 
 
