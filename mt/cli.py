@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import re
 import sys
 from enum import Enum
 from pathlib import Path
@@ -517,7 +518,7 @@ def inspect_cli(
     ref: Annotated[Optional[Path], typer.Option(help="Their references. [default: data/multi30k/val.TGT.gz]")] = None,
     sentences: Annotated[int, typer.Option(help="How many sentences to average over.")] = 64,
     distance: Annotated[int, typer.Option(help="Measure the gradient up to this many steps back in time.")] = 15,
-    log: Annotated[Optional[Path], typer.Option(help="A run's log.jsonl: plot its learning curves.")] = None,
+    log: Annotated[Optional[list[Path]], typer.Option(help="A run's log.jsonl: plot its learning curves; repeat to compare runs.")] = None,
     sentence: Annotated[Optional[str], typer.Option(help="Sentence for the attention heatmap. [default: the first source]")] = None,
     untrained: Annotated[bool, typer.Option(help="Also measure each model freshly initialised (same config, seed 1).")] = False,
     output: Annotated[Path, typer.Option(help="Directory for the PNG plots and inspect.json.")] = Path("inspect"),
@@ -529,7 +530,7 @@ def inspect_cli(
     Examples:
       mt inspect --model checkpoints/de-en-base
       mt inspect -m runs/compare/rnn/best.safetensors -m runs/compare/lstm/best.safetensors --output inspect/cells
-      mt inspect --log runs/de-en/log.jsonl
+      mt inspect --log runs/compare/rnn/log.jsonl --log runs/compare/lstm/log.jsonl
     """
     import torch
 
@@ -540,10 +541,11 @@ def inspect_cli(
 
     if sentences < 1 or distance < 1:
         raise MTError(f"--sentences and --distance must be >= 1, got {sentences} and {distance}")
+    runs = {label: read_log(path) for path, label in zip(log or [], _short_names(log or []))}
     checkpoints = []
-    for path in model or [default_model()]:
+    paths = [Path(p) for p in model or [default_model()]]
+    for path, label in zip(paths, _short_names(paths)):
         checkpoint = load_checkpoint(path)
-        label = Path(path).stem if Path(path).suffix else Path(path).name
         checkpoints.append((label, checkpoint))
         if untrained:
             torch.manual_seed(1)
@@ -569,7 +571,7 @@ def inspect_cli(
                 summary = "  ".join(f"{g} {v['mean']:.2f} ({v['near_0']:.0%}/{v['near_1']:.0%})" for g, v in values.items())
                 typer.echo(f"    {layer}: {summary}")
         if found.alignment:
-            heatmap = output / f"attention-{label.replace(', ', '-')}.png"
+            heatmap = output / ("attention-" + re.sub(r"[^\w.-]+", "-", label) + ".png")
             plot_attention(*found.alignment, heatmap)
             typer.echo(f"  attention heatmap: {heatmap}")
         report["models"][label] = {
@@ -581,10 +583,19 @@ def inspect_cli(
         }
     plot_gradient_flow(flows, output / "gradient-flow.png")
     typer.echo(f"gradient flow plot: {output / 'gradient-flow.png'}")
-    if log is not None:
-        plot_learning_curves(read_log(log), output / "learning-curves.png")
+    if runs:
+        plot_learning_curves(runs, output / "learning-curves.png")
         typer.echo(f"learning curves: {output / 'learning-curves.png'}")
     (output / "inspect.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+def _short_names(paths: list[Path]) -> list[str]:
+    """Short names for files: the file or folder name, with its parent
+    folder when two would otherwise read the same (runs/x/best, runs/y/best)."""
+    names = [p.stem if p.suffix else p.name for p in paths]
+    if len(set(names)) < len(names):
+        names = [f"{p.resolve().parent.name}/{name}" for p, name in zip(paths, names)]
+    return names
 
 
 @app.command("compare")

@@ -179,21 +179,38 @@ def plot_gradient_flow(flows: dict[str, GradientFlow], path: Path) -> None:
 
 
 def read_log(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The validation records of a run's log.jsonl (one JSON object per line)."""
+    records = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        try:
+            record = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            record = "not JSON"
+        if record is not None and not (isinstance(record, dict) and {"step", "elapsed_seconds", "validation_loss", "validation_bleu"} <= set(record)):
+            raise MTError(f"{path}: line {number} is not a validation record of mt train's log.jsonl")
+        if record is not None:
+            records.append(record)
+    if not records:
+        raise MTError(f"{path}: no validation records; pass the log.jsonl that mt train wrote")
+    return records
 
 
-def plot_learning_curves(records: Sequence[dict], path: Path) -> None:
-    """Validation loss and BLEU against updates and against wall-clock minutes."""
+def plot_learning_curves(runs: dict[str, Sequence[dict]], path: Path) -> None:
+    """Validation loss and BLEU against updates and against wall-clock minutes,
+    one curve per run."""
     plt = _pyplot()
     figure, axes = plt.subplots(2, 2, figsize=(9, 6), sharey="row")
-    steps = [r["step"] for r in records]
-    minutes = [r["elapsed_seconds"] / 60 for r in records]
-    for column, (x, label) in enumerate(((steps, "updates"), (minutes, "minutes"))):
-        axes[0][column].plot(x, [r["validation_loss"] for r in records], marker="o", markersize=3)
-        axes[1][column].plot(x, [r["validation_bleu"] for r in records], marker="o", markersize=3, color="tab:green")
-        axes[1][column].set_xlabel(label)
+    for name, records in runs.items():
+        steps = [r["step"] for r in records]
+        minutes = [r["elapsed_seconds"] / 60 for r in records]
+        for column, x in enumerate((steps, minutes)):
+            axes[0][column].plot(x, [r["validation_loss"] for r in records], marker="o", markersize=3, label=name)
+            axes[1][column].plot(x, [r["validation_bleu"] for r in records], marker="o", markersize=3, label=name)
+    axes[1][0].set_xlabel("updates")
+    axes[1][1].set_xlabel("minutes")
     axes[0][0].set_ylabel("validation loss")
     axes[1][0].set_ylabel("validation BLEU")
+    axes[1][1].legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

@@ -99,6 +99,19 @@ def test_inspect_cli_writes_tables_and_valid_pngs(tokenizers, corpus_pairs, tmp_
     assert all(math.isfinite(v) for v in report["models"]["rnn"]["gradient_flow"]["hidden"])
 
 
+def test_inspect_names_same_named_checkpoints_by_their_folders(tokenizers, corpus_pairs, tmp_path):
+    src = tmp_path / "val.de"
+    src.write_text("".join(s + "\n" for s, _ in corpus_pairs[:4]))
+    for cell in ("rnn", "gru"):
+        (tmp_path / cell).mkdir()
+        save_checkpoint(tmp_path / cell / "best.safetensors", Seq2Seq(tiny_config(tokenizers, cell=cell)), tokenizers, {})
+    output = tmp_path / "inspect"
+    arguments = ["inspect", "-m", tmp_path / "rnn" / "best.safetensors", "-m", tmp_path / "gru" / "best.safetensors"]
+    result = CliRunner().invoke(app, [str(a) for a in arguments + ["--src", src, "--ref", src, "--distance", "2", "--output", output]])
+    assert result.exit_code == 0, result.output
+    assert set(json.loads((output / "inspect.json").read_text())["models"]) == {"rnn/best", "gru/best"}
+
+
 def test_compare_cli_trains_each_cell_and_prints_one_table(tokenizers, corpus_prefix, tmp_path):
     tokenizers.save(tmp_path / "tokenizer")
     arguments = [
@@ -124,3 +137,12 @@ def test_training_with_the_reference_cells_runs_through_the_cli(tokenizers, corp
     result = CliRunner().invoke(app, [str(a) for a in arguments])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "run" / "best.safetensors").exists()
+
+
+def test_inspect_rejects_a_log_that_is_not_a_training_log_before_any_work(tmp_path):
+    log = tmp_path / "notes.jsonl"
+    log.write_text('{"step": 1}\n')
+    result = CliRunner().invoke(app, ["inspect", "--log", str(log), "--output", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert "line 1 is not a validation record" in result.stderr
+    assert not (tmp_path / "out").exists()
