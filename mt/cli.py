@@ -96,6 +96,9 @@ ModelOption = Annotated[
     Optional[Path], typer.Option("--model", "-m", help="Checkpoint file or directory. [default: the shipped checkpoints/de-en]")
 ]
 BeamOption = Annotated[int, typer.Option("--beam", "-b", help="Beam size; 1 is greedy search.")]
+QuantizeOption = Annotated[
+    bool, typer.Option("--quantize", help="int8 weights in the recurrent and linear layers (CPU): faster, about 0.1 BLEU lower.")
+]
 LengthPenaltyOption = Annotated[
     float, typer.Option("--length-penalty", help="GNMT length penalty alpha: 0 ranks by raw log-probability, 1 normalises by length.")
 ]
@@ -325,13 +328,17 @@ def _stderr_console():
     return Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
 
 
-def _load_translator(model: Optional[Path], device: Device):
+def _load_translator(model: Optional[Path], device: Device, quantize: bool):
     from mt.checkpoint import load_checkpoint
     from mt.evaluate import Translator
+    from mt.model import quantize_int8
 
     device_ = resolve_device(device)
+    if quantize and device_.type != "cpu":
+        raise MTError(f"--quantize runs on the CPU only; add --device cpu (the model would run on {device_.type})")
     checkpoint = load_checkpoint(model or default_model(), device_)
-    return Translator(checkpoint.model, checkpoint.tokenizers, device_, warn=lambda m: typer.echo(f"warning: {m}", err=True))
+    network = quantize_int8(checkpoint.model) if quantize else checkpoint.model
+    return Translator(network, checkpoint.tokenizers, device_, warn=lambda m: typer.echo(f"warning: {m}", err=True))
 
 
 def _decode_config(beam: int, length_penalty: float):
@@ -359,6 +366,7 @@ def evaluate_cli(
     output: Annotated[Optional[Path], typer.Option(help="Write the translations to this file.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")] = False,
     device: DeviceOption = Device.auto,
+    quantize: QuantizeOption = False,
 ):
     """Translate a file and score it against references with sacreBLEU (BLEU and chrF).
 
@@ -375,13 +383,13 @@ def evaluate_cli(
         raise MTError(f"{src} has {len(sources)} lines but {ref} has {len(references)}")
     if not sources:
         raise MTError(f"{src} is empty")
-    translator = _load_translator(model, device)
+    translator = _load_translator(model, device, quantize)
     hypotheses = translator.translate(sources, decode)
     if output is not None:
         write_atomic(output, "".join(h + "\n" for h in hypotheses).encode())
     scores = score(hypotheses, references)
     if as_json:
-        typer.echo(json.dumps({"model": str(model or default_model()), "beam": beam, "length_penalty": length_penalty, **scores}))
+        typer.echo(json.dumps({"model": str(model or default_model()), "beam": beam, "length_penalty": length_penalty, "quantize": quantize, **scores}))
         return
     typer.echo(f"BLEU  {scores['bleu']:6.2f}  {scores['bleu_signature']}")
     typer.echo(f"BLEU  {scores['bleu_lowercase']:6.2f}  {scores['bleu_lowercase_signature']}")
@@ -431,6 +439,7 @@ def translate_cli(
     n_best: Annotated[int, typer.Option(help="Show the N best translations with their scores (interactive).")] = 1,
     show_attention: Annotated[bool, typer.Option(help="Show the source-target attention (interactive, attention models).")] = False,
     device: DeviceOption = Device.auto,
+    quantize: QuantizeOption = False,
 ):
     """Translate sentences: from arguments, from a pipe (one per line), or interactively.
 
@@ -443,7 +452,7 @@ def translate_cli(
     decode = _decode_config(beam, length_penalty)
     if not 1 <= n_best <= beam:
         raise MTError(f"--n-best must be between 1 and --beam ({beam}), got {n_best}")
-    translator = _load_translator(model, device)
+    translator = _load_translator(model, device, quantize)
     if text:
         for translation in translator.translate(text, decode):
             typer.echo(_one_line(translation))

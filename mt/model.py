@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from mt.cells import ReferenceRNN, reverse_padded
-from mt.config import ModelConfig
+from mt.config import ModelConfig, MTError
 
 RNN_CLASSES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
@@ -253,3 +253,20 @@ class Seq2Seq(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def quantize_int8(model: Seq2Seq) -> Seq2Seq:
+    """A copy of `model` for CPU inference with int8 weights in its LSTM/GRU/RNN
+    and Linear layers (dynamic quantisation: activations are quantised on
+    the fly, per batch). The tied output projection and the embeddings stay fp32."""
+    import copy
+    import warnings
+
+    with warnings.catch_warnings():  # torch marks torch.ao.quantization deprecated in favour of torchao
+        warnings.simplefilter("ignore")
+        try:
+            from torch.ao.quantization import quantize_dynamic
+        except ImportError:
+            raise MTError(f"this torch ({torch.__version__}) has no dynamic int8 quantisation; translate without --quantize") from None
+        return quantize_dynamic(copy.deepcopy(model).eval(), {nn.LSTM, nn.GRU, nn.RNN, nn.Linear}, dtype=torch.qint8)
+

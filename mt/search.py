@@ -99,10 +99,14 @@ def beam_search(
     for t in range(max(limits)):
         n = len(searching)
         log_probs, state, _ = model.decode_step(previous, state, encoded)  # (n*K, V)
-        vocab = log_probs.size(-1)
-        candidates = (scores[:, :, None] + log_probs.view(n, k, vocab)).view(n, k * vocab)  # (n, K*V)
-        top_scores, top_index = candidates.topk(min(2 * k, k * vocab), dim=1)  # (n, 2K)
-        origin, token = top_index // vocab, top_index % vocab  # (n, 2K)
+        # The 2K best candidates of a sentence are among the 2K best tokens of each
+        # of its beams: rank per beam first, then only K*2K candidates per sentence.
+        width = min(2 * k, log_probs.size(-1))
+        beam_log_probs, beam_tokens = log_probs.topk(width, dim=1)  # (n*K, 2K)
+        candidates = (scores[:, :, None] + beam_log_probs.view(n, k, width)).view(n, k * width)  # (n, K*2K)
+        top_scores, top_index = candidates.topk(width, dim=1)  # (n, 2K)
+        origin = top_index // width  # (n, 2K) beam of each candidate
+        token = beam_tokens.view(n, k * width).gather(1, top_index)  # (n, 2K)
         is_eos = token == eos
         penalty = length_penalty(t + 1, config.length_penalty)
 

@@ -421,6 +421,18 @@ def test_evaluate_json_prints_one_object_with_scores_and_signatures(cli_corpus, 
     assert scores["model"] == str(cli_model)
 
 
+def test_evaluate_and_translate_quantized_give_one_line_each_and_no_warnings(cli_corpus, cli_model):
+    arguments = ["--model", str(cli_model), "--quantize", "--device", "cpu"]
+    process = _run_mt(["evaluate", "--src", str(cli_corpus.valid_src), "--ref", str(cli_corpus.valid_ref), "--json", *arguments])
+    assert process.returncode == 0, process.stderr
+    assert json.loads(process.stdout)["quantize"] is True
+    assert process.stderr.decode() == ""
+    process = _run_mt(["translate", *arguments], stdin=b"ein hund\n\nzwei katzen\n")
+    assert process.returncode == 0, process.stderr
+    assert len(process.stdout.decode().splitlines()) == 3 and process.stdout.decode().splitlines()[1] == ""
+    assert process.stderr.decode() == ""
+
+
 def test_evaluate_text_report_has_bleu_and_chrf_lines(cli_corpus, cli_model):
     result = _invoke(["evaluate", "-m", cli_model, "--src", cli_corpus.valid_src, "--ref", cli_corpus.valid_ref, "--beam", 1, "--device", "cpu"])
     assert result.exit_code == 0, result.output

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mt.config import ModelConfig, MTError
-from mt.model import reverse_padded
+from mt.model import quantize_int8, reverse_padded
 from mt.train import label_smoothed_loss
 
 SRC_V, TGT_V, E, H = 17, 23, 8, 12
@@ -205,3 +205,17 @@ def test_model_config_round_trips_through_a_dict():
     with pytest.raises(MTError, match="unknown"):
         ModelConfig.from_dict({**config.to_dict(), "heads": 8})
 
+
+
+def test_int8_quantized_model_stays_close_to_fp32_and_leaves_the_original_alone(architecture, make_model, make_sources):
+    model = make_model(**architecture, embedding_size=16, hidden_size=32)
+    original = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    source, lengths = make_sources([6, 4, 5], model.config.src_vocab_size)
+    target_in = torch.randint(4, model.config.tgt_vocab_size, (3, 5))
+    quantized = quantize_int8(model)
+    with torch.inference_mode():
+        expected, _ = model(source, lengths, target_in)
+        logits, _ = quantized(source, lengths, target_in)
+    assert logits.shape == expected.shape
+    assert (logits - expected).abs().max() < 0.05 * expected.abs().max()
+    assert all(torch.equal(original[name], tensor) for name, tensor in model.state_dict().items())
