@@ -7,7 +7,7 @@ SHARED_MULTI30K := ../shared/data/multi30k
 #   make install TORCH="torch --index-url https://download.pytorch.org/whl/cpu"
 TORCH ?= torch==2.13.0
 
-.PHONY: install data translate test clean
+.PHONY: install data translate test bench clean
 
 install: $(VENV)/.installed
 
@@ -32,6 +32,10 @@ translate: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# Speed, memory and quality on this machine (about 7 minutes on 2 cores); see docs/benchmarks.md.
+bench: data
+	$(BIN)/python bench/benchmark.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
