@@ -182,14 +182,15 @@ def read_log(path: Path) -> list[dict]:
     """The validation records of a run's log.jsonl (one JSON object per line)."""
     records = []
     for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
         try:
-            record = json.loads(line) if line.strip() else None
+            record = json.loads(line)
         except json.JSONDecodeError:
-            record = "not JSON"
-        if record is not None and not (isinstance(record, dict) and {"step", "elapsed_seconds", "validation_loss", "validation_bleu"} <= set(record)):
+            record = None
+        if not (isinstance(record, dict) and {"step", "elapsed_seconds", "validation_loss", "validation_bleu"} <= record.keys()):
             raise MTError(f"{path}: line {number} is not a validation record of mt train's log.jsonl")
-        if record is not None:
-            records.append(record)
+        records.append(record)
     if not records:
         raise MTError(f"{path}: no validation records; pass the log.jsonl that mt train wrote")
     return records

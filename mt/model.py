@@ -256,10 +256,10 @@ class Seq2Seq(nn.Module):
 
 
 def quantize_int8(model: Seq2Seq) -> Seq2Seq:
-    """A copy of `model` for CPU inference with int8 weights in its LSTM/GRU/RNN
-    and Linear layers (dynamic quantisation: activations are quantised on
-    the fly, per batch). The tied output projection and the embeddings stay fp32."""
-    import copy
+    """Turn `model`, in place, into a CPU inference model with int8 weights in its
+    LSTM/GRU/RNN and Linear layers (dynamic quantisation: activations are
+    quantised on the fly, per batch); returns it. The tied output projection
+    and the embeddings stay fp32."""
     import warnings
 
     with warnings.catch_warnings():  # torch marks torch.ao.quantization deprecated in favour of torchao
@@ -268,5 +268,4 @@ def quantize_int8(model: Seq2Seq) -> Seq2Seq:
             from torch.ao.quantization import quantize_dynamic
         except ImportError:
             raise MTError(f"this torch ({torch.__version__}) has no dynamic int8 quantisation; translate without --quantize") from None
-        return quantize_dynamic(copy.deepcopy(model).eval(), {nn.LSTM, nn.GRU, nn.RNN, nn.Linear}, dtype=torch.qint8)
-
+        return quantize_dynamic(model.eval(), {nn.LSTM, nn.GRU, nn.RNN, nn.Linear}, dtype=torch.qint8, inplace=True)

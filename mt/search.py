@@ -104,7 +104,7 @@ def beam_search(
         width = min(2 * k, log_probs.size(-1))
         beam_log_probs, beam_tokens = log_probs.topk(width, dim=1)  # (n*K, 2K)
         candidates = (scores[:, :, None] + beam_log_probs.view(n, k, width)).view(n, k * width)  # (n, K*2K)
-        top_scores, top_index = candidates.topk(width, dim=1)  # (n, 2K)
+        top_scores, top_index = candidates.topk(min(2 * k, k * width), dim=1)  # (n, 2K)
         origin = top_index // width  # (n, 2K) beam of each candidate
         token = beam_tokens.view(n, k * width).gather(1, top_index)  # (n, 2K)
         is_eos = token == eos

@@ -212,3 +212,11 @@ def test_tiny_model_learns_a_few_pairs_by_heart(tokenizers, corpus_pairs, option
                 break
 
     assert tokenizers.target.decode(translations) == [en for _, en in pairs]
+
+
+def test_beam_wider_than_the_vocabulary_still_returns_k_hypotheses(make_model, make_sources):
+    model = make_model(tgt_vocab_size=8)
+    source, lengths = make_sources([5, 3], model.config.src_vocab_size)
+    results = beam_search(model, source, lengths, DecodeConfig(beam_size=10, max_length_ratio=1.0, max_length_offset=2), n_best=10)
+    assert all(len(hypotheses) == 10 for hypotheses in results)
+    assert all(a.score >= b.score for hypotheses in results for a, b in zip(hypotheses, hypotheses[1:]))
