@@ -20,6 +20,7 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
+from datetime import timedelta
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from mt.checkpoint import load_checkpoint, save_checkpoint
 from mt.config import DecodeConfig, ModelConfig, MTError, TrainConfig
@@ -289,7 +291,8 @@ class Trainer:
         batches_per_epoch = len(make_batches(self.lengths, cfg.batch_tokens))
         total_steps = cfg.max_steps or cfg.max_epochs * batches_per_epoch
         self.model.train()
-        task = progress.add_task("training", total=total_steps, completed=state.step, info="") if progress else None
+        deadline = time.monotonic() + 60 * cfg.max_minutes - state.elapsed_seconds if cfg.max_minutes else None
+        task = progress.add_task("training", total=total_steps, completed=state.step, info="", deadline=deadline) if progress else None
         consecutive_bad = 0
         run_start, elapsed_before = time.perf_counter(), state.elapsed_seconds
         loss_average = None
@@ -367,14 +370,29 @@ class Trainer:
         return bool(patience) and self.state.validations_without_gain >= patience
 
 
+class TimeLeftColumn(ProgressColumn):
+    """Time until training ends: the estimate from the step rate, or the time
+    left of the --max-minutes budget (task field `deadline`) when that is sooner."""
+
+    def render(self, task: Task) -> Text:
+        remaining = task.time_remaining
+        deadline = task.fields.get("deadline")
+        if deadline is not None:
+            budget = max(0.0, deadline - time.monotonic())
+            remaining = budget if remaining is None else min(remaining, budget)
+        return Text("-:--:--" if remaining is None else str(timedelta(seconds=int(remaining))), style="progress.remaining")
+
+
 def progress_bar(console: Console) -> Progress:
+    """The training bar; on a terminal only (a log file gets a line every 100 steps)."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         TaskProgressColumn(),
         TimeElapsedColumn(),
         TextColumn("ETA"),
-        TimeRemainingColumn(),
+        TimeLeftColumn(),
         TextColumn("{task.fields[info]}"),
         console=console,
+        disable=not console.is_terminal,
     )

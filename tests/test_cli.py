@@ -381,6 +381,21 @@ def test_train_overwrite_starts_a_finished_run_afresh(cli_corpus, cli_tokenizer,
     assert [r["step"] for r in records] == [2]  # the old log went with the old run
 
 
+def test_progress_eta_is_capped_by_the_time_budget():
+    import time
+
+    from rich.progress import Progress
+
+    from mt.train import TimeLeftColumn
+
+    progress = Progress(TimeLeftColumn(), get_time=time.monotonic)
+    budgeted = progress.add_task("training", total=10**6, deadline=time.monotonic() + 90)
+    progress.update(budgeted, completed=1)
+    unbounded = progress.add_task("training", total=10**6)
+    assert str(TimeLeftColumn().render(progress.tasks[budgeted])) in {"0:01:30", "0:01:29"}
+    assert str(TimeLeftColumn().render(progress.tasks[unbounded])) == "-:--:--"
+
+
 def test_train_refuses_a_finished_run_without_overwrite(cli_corpus, cli_tokenizer, cli_run):
     assert cli_run.result.exit_code == 0, cli_run.result.output
     before = _digest(cli_run.last)
