@@ -120,6 +120,7 @@ class TrainConfig(_JSONConfig):
     max_bad_steps: int = 20
     max_minutes: float = 0.0
     keep_checkpoints: int = 0
+    bf16: bool = False  # bf16 autocast for the forward pass and loss
 
     def __post_init__(self) -> None:
         _check_range("batch_tokens", self.batch_tokens, 1)

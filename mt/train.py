@@ -273,8 +273,11 @@ class Trainer:
             cfg.eos_id,
         ).to(self.device)
         self._set_learning_rate()
-        logits, _ = self.model(batch.source, batch.source_lengths, batch.target_in)
-        loss = label_smoothed_loss(logits, batch.target_out, self.config.label_smoothing, cfg.pad_id)
+        # The autocast region must close every step: it caches the bf16 copies of the
+        # weights, and a region spanning updates would keep computing with stale ones.
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
+            logits, _ = self.model(batch.source, batch.source_lengths, batch.target_in)
+            loss = label_smoothed_loss(logits, batch.target_out, self.config.label_smoothing, cfg.pad_id)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         # Gradient-norm clipping: the remedy for exploding gradients (Pascanu et al. 2013).

@@ -214,3 +214,14 @@ def test_training_killed_mid_run_resumes_from_its_last_checkpoint(corpus_prefix,
     assert f"resuming {output} at step {interrupted_at}" in " ".join(stderr.split())
     state = load_checkpoint(output / "last.safetensors", with_extra=True).info["trainer_state"]
     assert state["finished"] and state["step"] == 400
+
+
+def test_bf16_training_computes_in_bf16_keeps_fp32_weights_and_learns(tokenizers, corpus_pairs, tmp_path):
+    trainer = make_trainer(tokenizers, corpus_pairs, tmp_path / "run", bf16=True, label_smoothing=0.0, learning_rate=0.01)
+    seen = []
+    trainer.model.decoder.readout.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    batch = list(range(8))
+    losses = [trainer.train_step(batch)[0] for _ in range(15)]
+    assert set(seen) == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    assert losses[-1] < 0.75 * losses[0], losses  # stale bf16 weights would repeat the first loss
