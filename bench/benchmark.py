@@ -85,16 +85,19 @@ def training(options: dict) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         trainer = Trainer(config, train_config, tokenizers, corpus, ([], []), Path(scratch), torch.device("cpu"), {})
     model = trainer.model.train()
-    bucketed = make_batches(trainer.lengths, train_config.batch_tokens, torch.Generator().manual_seed(1))
-    sentences_per_batch = round(len(corpus.source) / len(bucketed))
+    bucketed = make_batches(corpus.lengths, train_config.batch_tokens, torch.Generator().manual_seed(1))
+    sentences_per_batch = round(len(corpus) / len(bucketed))
 
     if options["loop"] == "mt":
-        step, batches = trainer.train_step, bucketed
+        batches = bucketed
+
+        def step(indices: torch.Tensor) -> None:
+            trainer.train_step([indices])
     else:
         optimizer = torch.optim.Adam(model.parameters(), lr=train_config.learning_rate)
 
-        def step(indices: list[int]) -> None:
-            batch = collate([corpus.source[i] for i in indices], [corpus.target[i] for i in indices], config.pad_id, config.bos_id, config.eos_id)
+        def step(indices: torch.Tensor) -> None:
+            batch = collate(*corpus.ids(indices), config.pad_id, config.bos_id, config.eos_id)
             logits, _ = model(batch.source, batch.source_lengths, batch.target_in)
             loss = F.cross_entropy(logits.flatten(0, 1), batch.target_out.flatten(), ignore_index=config.pad_id)
             optimizer.zero_grad()
@@ -102,16 +105,16 @@ def training(options: dict) -> dict:
             torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.clip_norm)
             optimizer.step()
 
-        order = torch.randperm(len(corpus.source), generator=torch.Generator().manual_seed(1)).tolist()
-        batches = [order[i : i + sentences_per_batch] for i in range(0, len(order), sentences_per_batch)]
+        batches = torch.randperm(len(corpus), generator=torch.Generator().manual_seed(1)).split(sentences_per_batch)
 
     step(batches[0])  # warm-up: allocator, thread pool
     source_tokens = target_tokens = padded = updates = 0
     started = time.perf_counter()
     for indices in itertools.cycle(batches[1:] or batches):
         step(indices)
-        source_lengths = [len(corpus.source[i]) + 1 for i in indices]  # + eos
-        target_lengths = [len(corpus.target[i]) + 1 for i in indices]  # + bos or eos
+        source, target = corpus.ids(indices)
+        source_lengths = [len(ids) + 1 for ids in source]  # + eos
+        target_lengths = [len(ids) + 1 for ids in target]  # + bos or eos
         source_tokens, target_tokens = source_tokens + sum(source_lengths), target_tokens + sum(target_lengths)
         padded += (max(source_lengths) + max(target_lengths)) * len(indices)
         updates += 1

@@ -139,6 +139,9 @@ def train_tokenizer_cli(
     vocab_size: Annotated[int, typer.Option(help="Subword vocabulary size (per tokenizer).")] = 8000,
     model_type: Annotated[ModelType, typer.Option(help="SentencePiece algorithm.")] = ModelType.unigram,
     joint: Annotated[bool, typer.Option("--joint/--separate", help="One tokenizer for both languages, or one each.")] = True,
+    max_sentences: Annotated[
+        int, typer.Option(help="Learn from a random sample of at most this many sentences (per tokenizer) of a large corpus.")
+    ] = 2_000_000,
     output: Annotated[Optional[Path], typer.Option(help="Output directory. [default: data/tokenizers/SRC-TGT]")] = None,
     seed: Annotated[int, typer.Option(help="Random seed for SentencePiece's sampling.")] = 1,
 ):
@@ -146,18 +149,20 @@ def train_tokenizer_cli(
 
     Example: mt train-tokenizer --train data/multi30k/train --src de --tgt en --vocab-size 8000
     """
-    from mt.data import load_corpus
+    from mt.data import iter_sentences, load_corpus
     from mt.tokenizer import TokenizerPair, train_sentencepiece
 
     if vocab_size < 8:
         raise MTError(f"--vocab-size must be >= 8, got {vocab_size}")
+    if max_sentences < 1:
+        raise MTError(f"--max-sentences must be >= 1, got {max_sentences}")
     corpus = load_corpus(train, src, tgt)
-    options = dict(vocab_size=vocab_size, model_type=model_type.value, seed=seed)
+    options = dict(vocab_size=vocab_size, model_type=model_type.value, seed=seed, input_sentence_size=max_sentences)
     if joint:
-        source = target = train_sentencepiece([*corpus["source"], *corpus["target"]], **options)
+        source = target = train_sentencepiece(iter_sentences(corpus, ["source", "target"]), **options)
     else:
-        source = train_sentencepiece(corpus["source"], **options)
-        target = train_sentencepiece(corpus["target"], **options)
+        source = train_sentencepiece(iter_sentences(corpus, ["source"]), **options)
+        target = train_sentencepiece(iter_sentences(corpus, ["target"]), **options)
     output = output or Path("data/tokenizers") / f"{src}-{tgt}"
     TokenizerPair(source, target).save(output)
     kind = "joint" if joint else "separate"
@@ -185,6 +190,9 @@ def train_cli(
     tie_embeddings: Annotated[bool, typer.Option(help="Tie the decoder's input and output embeddings.")] = True,
     share_embeddings: Annotated[bool, typer.Option(help="One embedding matrix for both languages (joint tokenizer).")] = False,
     batch_tokens: BatchTokensOption = 4096,
+    accumulate: Annotated[
+        int, typer.Option(help="Batches per update (per worker under torchrun): a larger batch than memory allows.")
+    ] = 1,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
     clip_norm: Annotated[float, typer.Option(help="Clip the gradient norm to this (exploding gradients).")] = 1.0,
     label_smoothing: Annotated[float, typer.Option(help="Label smoothing of the loss.")] = 0.1,
@@ -209,6 +217,8 @@ def train_cli(
     """Train an encoder-decoder; keeps the best (by validation BLEU) and the last checkpoint.
 
     Re-running the same command on the same --output resumes an interrupted run.
+    Under torchrun (torchrun --nproc-per-node N -m mt train ...) it trains on N
+    workers; see the README.
 
     Example: mt train --src de --tgt en --attention luong --bidirectional --output runs/de-en
     """
@@ -218,6 +228,7 @@ def train_cli(
     import sentencepiece
     import torch
 
+    from mt import distributed
     from mt.config import ModelConfig, TrainConfig
     from mt.data import corpus_fingerprint
     from mt.tokenizer import TokenizerPair
@@ -225,6 +236,7 @@ def train_cli(
 
     train_config = TrainConfig(
         batch_tokens=batch_tokens,
+        accumulate=accumulate,
         learning_rate=lr,
         clip_norm=clip_norm,
         label_smoothing=label_smoothing,
@@ -270,42 +282,50 @@ def train_cli(
         if info.get("trainer_state", {}).get("finished"):
             raise MTError(f"{output} holds a finished run; pass --overwrite to train again, or choose another --output")
         resume = True
-    elif overwrite:
-        for old in [*output.glob("*.safetensors"), output / "log.jsonl"]:
-            old.unlink(missing_ok=True)
 
-    err = _stderr_console()
-    train_data, corpus, validation = _training_data(train, valid, src, tgt, tokenizers, max_length, err)
-    info = {
-        "source_language": src,
-        "target_language": tgt,
-        "train_corpus": train,
-        "train_fingerprint": corpus_fingerprint(train, src, tgt, train_data),
-        "valid_corpus": valid,
-        "seed": seed,
-        "command": " ".join(["mt", *sys.argv[1:]]) if Path(sys.argv[0]).name in ("mt", "__main__.py") else None,
-        "versions": {
-            "mt": __version__,
-            "torch": torch.__version__,
-            "sentencepiece": sentencepiece.__version__,
-            "sacrebleu": sacrebleu.__version__,
-            "python": platform.python_version(),
-        },
-    }
-    device_ = resolve_device(device)
-    trainer = Trainer(model_config, train_config, tokenizers, corpus, validation, output, device_, info, err)
-    if resume:
-        trainer.resume()
-        err.print(f"resuming {output} at step {trainer.state.step} (epoch {trainer.state.epoch + 1})")
-    err.print(f"model: {trainer.model.num_parameters():,} parameters on {device_}")
+    device_ = distributed.start(resolve_device(device))
     try:
-        with progress_bar(err) as progress:
-            result = trainer.run(progress)
-    except KeyboardInterrupt:
-        err.print(f"interrupted at step {trainer.state.step}; saved {trainer.last_path}. Resume with the same command.")
-        raise typer.Exit(130) from None
-    err.print(f"best validation BLEU {result.best_bleu:.2f}: {result.best}")
-    err.print(f"last checkpoint: {result.last}")
+        workers = distributed.current()
+        if overwrite and workers.is_main:
+            for old in [*output.glob("*.safetensors"), output / "log.jsonl"]:
+                old.unlink(missing_ok=True)
+        # Only the first worker reports; the others would repeat every line.
+        err = _stderr_console() if workers.is_main else _stderr_console(quiet=True)
+        with distributed.main_first():  # the first worker tokenizes into the datasets cache
+            train_data, corpus, validation = _training_data(train, valid, src, tgt, tokenizers, max_length, err)
+        info = {
+            "source_language": src,
+            "target_language": tgt,
+            "train_corpus": train,
+            "train_fingerprint": corpus_fingerprint(train, src, tgt, train_data),
+            "valid_corpus": valid,
+            "seed": seed,
+            "workers": workers.world_size,
+            "command": " ".join(["mt", *sys.argv[1:]]) if Path(sys.argv[0]).name in ("mt", "__main__.py") else None,
+            "versions": {
+                "mt": __version__,
+                "torch": torch.__version__,
+                "sentencepiece": sentencepiece.__version__,
+                "sacrebleu": sacrebleu.__version__,
+                "python": platform.python_version(),
+            },
+        }
+        trainer = Trainer(model_config, train_config, tokenizers, corpus, validation, output, device_, info, err)
+        if resume:
+            trainer.resume()
+            err.print(f"resuming {output} at step {trainer.state.step} (epoch {trainer.state.epoch + 1})")
+        where = f"{workers.world_size} workers on {device_.type}" if workers.world_size > 1 else str(device_)
+        err.print(f"model: {trainer.model.num_parameters():,} parameters on {where}")
+        try:
+            with progress_bar(err) as progress:
+                result = trainer.run(progress)
+        except KeyboardInterrupt:
+            err.print(f"interrupted at step {trainer.state.step}; saved {trainer.last_path}. Resume with the same command.")
+            raise typer.Exit(130) from None
+        err.print(f"best validation BLEU {result.best_bleu:.2f}: {result.best}")
+        err.print(f"last checkpoint: {result.last}")
+    finally:
+        distributed.stop()
 
 
 def _training_data(train: str, valid: str, src: str, tgt: str, tokenizers, max_length: int, err):
@@ -319,17 +339,17 @@ def _training_data(train: str, valid: str, src: str, tgt: str, tokenizers, max_l
     train_data = load_corpus(train, src, tgt)
     valid_data = load_corpus(valid, src, tgt)
     corpus = tokenize_corpus(train_data, tokenizers, max_length)
-    if not corpus.source:
+    if not len(corpus):
         raise MTError(f"no training pairs left after filtering empty and longer than {max_length} subwords")
-    err.print(f"training pairs: {len(corpus.source):,} kept, {corpus.dropped:,} dropped (empty or longer than {max_length} subwords)")
+    err.print(f"training pairs: {len(corpus):,} kept, {corpus.dropped:,} dropped (empty or longer than {max_length} subwords)")
     return train_data, corpus, (valid_data["source"], valid_data["target"])
 
 
-def _stderr_console():
+def _stderr_console(quiet: bool = False):
     from rich.console import Console
 
     # Plain text: paths may hold [brackets] (not markup) and must not be wrapped.
-    return Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
+    return Console(stderr=True, markup=False, highlight=False, soft_wrap=True, quiet=quiet)
 
 
 def _load_translator(model: Optional[Path], device: Device, quantize: bool):

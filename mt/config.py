@@ -104,6 +104,7 @@ class TrainConfig(_JSONConfig):
     """How to train: optimisation, batching, validation and stopping."""
 
     batch_tokens: int = 4096
+    accumulate: int = 1  # batches per worker per update (gradient accumulation)
     learning_rate: float = 1e-3
     clip_norm: float = 1.0
     label_smoothing: float = 0.1
@@ -124,6 +125,7 @@ class TrainConfig(_JSONConfig):
 
     def __post_init__(self) -> None:
         _check_range("batch_tokens", self.batch_tokens, 1)
+        _check_range("accumulate", self.accumulate, 1)
         _check_range("learning_rate", self.learning_rate, 0.0, low_open=True)
         _check_range("clip_norm", self.clip_norm, 0.0, low_open=True)
         _check_range("label_smoothing", self.label_smoothing, 0.0, 0.99)

@@ -17,7 +17,9 @@ Every reader returns a `datasets.Dataset` with the columns `source` and
 from __future__ import annotations
 
 import gzip
+import bisect
 import hashlib
+import itertools
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -102,25 +104,52 @@ def _is_datasets_spec(spec: str) -> bool:
     return path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists())
 
 
-def _read_text_pair(spec: str, src_lang: str, tgt_lang: str) -> tuple[list[str], list[str]]:
-    src_path, tgt_path = corpus_files(spec, src_lang, tgt_lang)
-    source, target = read_lines(src_path), read_lines(tgt_path)
-    if len(source) != len(target):
-        raise MTError(
-            f"{src_path} has {len(source)} lines but {tgt_path} has {len(target)}; a parallel corpus needs one line per pair"
-        )
-    return source, target
+def _text_pairs(source_path: str, target_path: str, stamp: str) -> Iterator[dict[str, str]]:
+    """Rows of a pair of line-aligned text files. (`stamp`, the files' size and
+    time, only keys the `datasets` cache: an edited file is read afresh.)"""
+    sources, targets = iter_lines(Path(source_path)), iter_lines(Path(target_path))
+    count = 0
+    for source, target in itertools.zip_longest(sources, targets):
+        if source is None or target is None:
+            rest = 1 + sum(1 for _ in (targets if source is None else sources))
+            source_count, target_count = (count, count + rest) if source is None else (count + rest, count)
+            raise MTError(
+                f"{source_path} has {source_count} lines but {target_path} has {target_count}; "
+                "a parallel corpus needs one line per pair"
+            )
+        count += 1
+        yield {"source": source, "target": target}
 
 
-def _read_tsv(path: Path) -> tuple[list[str], list[str]]:
-    source, target = [], []
-    for number, line in enumerate(iter_lines(path), start=1):
+def _tsv_pairs(path: str, stamp: str) -> Iterator[dict[str, str]]:
+    """Rows of a source-TAB-target file (`stamp` as for `_text_pairs`)."""
+    for number, line in enumerate(iter_lines(Path(path)), start=1):
         fields = line.split("\t")
         if len(fields) != 2:
             raise MTError(f"{path}: line {number} has {len(fields)} tab-separated columns; expected 2 (source, target)")
-        source.append(fields[0])
-        target.append(fields[1])
-    return source, target
+        yield {"source": fields[0], "target": fields[1]}
+
+
+def _arrow_corpus(rows, files: list[Path], **paths: str) -> datasets.Dataset:
+    """Write the rows of a text corpus to an Arrow file in the `datasets` cache,
+    a batch at a time, and memory-map it: the corpus never sits in Python lists,
+    and a second run (or a second worker) reads the cached file."""
+    import datasets
+    from datasets.exceptions import DatasetGenerationError
+
+    for path in files:
+        if not path.exists():
+            raise MTError(f"file not found: {path}")
+    stamp = ";".join(f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}" for path in files)
+    if next(rows(**paths, stamp=stamp), None) is None:  # datasets cannot build an empty split
+        raise MTError(f"corpus {' + '.join(map(str, files))} is empty")
+    features = datasets.Features({"source": datasets.Value("string"), "target": datasets.Value("string")})
+    try:
+        return datasets.Dataset.from_generator(rows, gen_kwargs={**paths, "stamp": stamp}, features=features)
+    except DatasetGenerationError as error:  # our own MTError, wrapped by the builder
+        if isinstance(error.__cause__, MTError):
+            raise error.__cause__ from None
+        raise
 
 
 def _read_datasets(spec: str, src_key: str, tgt_key: str) -> datasets.Dataset:
@@ -151,16 +180,23 @@ def _read_datasets(spec: str, src_key: str, tgt_key: str) -> datasets.Dataset:
 
 def load_corpus(spec: str, src_lang: str, tgt_lang: str) -> datasets.Dataset:
     """Read a parallel corpus (see the module docstring) as a Dataset(source, target)."""
-    import datasets
-
     if _is_datasets_spec(spec):
         dataset = _read_datasets(spec, src_lang, tgt_lang)
+    elif _is_tsv(spec):
+        dataset = _arrow_corpus(_tsv_pairs, [Path(spec)], path=spec)
     else:
-        source, target = _read_tsv(Path(spec)) if _is_tsv(spec) else _read_text_pair(spec, src_lang, tgt_lang)
-        dataset = datasets.Dataset.from_dict({"source": source, "target": target})
+        source, target = corpus_files(spec, src_lang, tgt_lang)
+        dataset = _arrow_corpus(_text_pairs, [source, target], source_path=str(source), target_path=str(target))
     if len(dataset) == 0:
         raise MTError(f"corpus {spec!r} is empty")
     return dataset
+
+
+def iter_sentences(dataset: datasets.Dataset, columns: Sequence[str]) -> Iterator[str]:
+    """The texts of `columns`, read from the dataset a block at a time."""
+    for block in dataset.iter(batch_size=10_000):
+        for column in columns:
+            yield from block[column]
 
 
 def corpus_fingerprint(spec: str, src_lang: str, tgt_lang: str, dataset: datasets.Dataset) -> str:
@@ -170,69 +206,101 @@ def corpus_fingerprint(spec: str, src_lang: str, tgt_lang: str, dataset: dataset
         return f"datasets:{dataset._fingerprint}"
     digest = hashlib.sha256()
     for path in files:
-        digest.update(path.read_bytes())
+        with open(path, "rb") as handle:
+            hashlib.file_digest(handle, lambda: digest)
     return f"sha256:{digest.hexdigest()}"
 
 
 @dataclass(frozen=True)
 class TokenizedCorpus:
-    """Token ids of each kept pair, and how many pairs the length filter dropped."""
+    """The kept pairs' token ids in an Arrow table (memory-mapped when the
+    corpus came from files: the ids are read a batch at a time), each pair's
+    padded length, and how many pairs the length filter dropped."""
 
-    source: list[list[int]]
-    target: list[list[int]]
+    pairs: datasets.Dataset  # columns source_ids, target_ids
+    lengths: torch.Tensor  # (N,) max(source, target) + 1: the pair's width in a batch
     dropped: int
+
+    @classmethod
+    def from_ids(cls, source: Sequence[Sequence[int]], target: Sequence[Sequence[int]]) -> TokenizedCorpus:
+        """A corpus of already-encoded pairs, in memory."""
+        import datasets
+
+        pairs = datasets.Dataset.from_dict({"source_ids": list(source), "target_ids": list(target)})
+        lengths = torch.tensor([max(len(s), len(t)) + 1 for s, t in zip(source, target)], dtype=torch.long)
+        return cls(pairs, lengths, 0)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def ids(self, indices: torch.Tensor) -> tuple[list[list[int]], list[list[int]]]:
+        """Source and target ids of the pairs at `indices`."""
+        rows = self.pairs[indices.tolist()]
+        return rows["source_ids"], rows["target_ids"]
 
 
 def tokenize_corpus(dataset: datasets.Dataset, tokenizers: TokenizerPair, max_length: int) -> TokenizedCorpus:
-    """Encode both sides with `Dataset.map` and drop pairs that are empty or
-    longer than `max_length` subwords on either side."""
+    """Encode both sides with `Dataset.map` (cached next to a file-backed
+    corpus) and drop pairs that are empty or longer than `max_length` subwords
+    on either side."""
     proto_hash = hashlib.sha256(tokenizers.source.model_proto + tokenizers.target.model_proto).hexdigest()[:16]
+
+    def encode(batch: dict[str, list[str]]) -> dict[str, list]:
+        source, target = tokenizers.source.encode(batch["source"]), tokenizers.target.encode(batch["target"])
+        return {
+            "source_ids": source,
+            "target_ids": target,
+            "source_length": [len(ids) for ids in source],
+            "target_length": [len(ids) for ids in target],
+        }
+
     encoded = dataset.map(
-        lambda batch: {
-            "source_ids": tokenizers.source.encode(batch["source"]),
-            "target_ids": tokenizers.target.encode(batch["target"]),
-        },
+        encode,
         batched=True,
-        new_fingerprint=f"{dataset._fingerprint}-{proto_hash}",
+        remove_columns=dataset.column_names,
+        new_fingerprint=f"{dataset._fingerprint}-ids-{proto_hash}",
         desc="tokenizing",
     )
-    kept = encoded.filter(
-        lambda batch: [
-            0 < len(s) <= max_length and 0 < len(t) <= max_length
-            for s, t in zip(batch["source_ids"], batch["target_ids"])
-        ],
-        batched=True,
-        new_fingerprint=f"{encoded._fingerprint}-len{max_length}",
-        desc="filtering",
-    )
-    return TokenizedCorpus(kept["source_ids"], kept["target_ids"], len(dataset) - len(kept))
+    # Lengths straight from the Arrow columns: a copy of two integers per pair, not a row format.
+    source_length, target_length = (torch.tensor(encoded.data.column(name).to_numpy()) for name in ("source_length", "target_length"))
+    fits = (source_length > 0) & (source_length <= max_length) & (target_length > 0) & (target_length <= max_length)
+    kept = fits.nonzero().squeeze(1)  # (N,)
+    pairs = encoded.select_columns(["source_ids", "target_ids"])
+    if len(kept) < len(encoded):
+        pairs = pairs.select(kept.numpy())
+    lengths = torch.maximum(source_length, target_length)[kept] + 1
+    return TokenizedCorpus(pairs, lengths, len(encoded) - len(kept))
 
 
-def make_batches(
-    lengths: Sequence[int], batch_tokens: int, generator: torch.Generator | None = None
-) -> list[list[int]]:
+def make_batches(lengths: torch.Tensor | Sequence[int], batch_tokens: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
     """Group example indices into batches of similar length.
 
     Examples are sorted by length (ties broken at random when `generator` is
     given, so batches differ between epochs), cut into batches whose padded
     size `max_length * count` stays within `batch_tokens` (a longer single
     example gets a batch of its own), and the batch order is shuffled.
-    Every index appears in exactly one batch.
+    Every index appears in exactly one batch; each batch is a 1-D tensor of
+    indices (views of one tensor, so a million pairs cost 8 MB, not lists).
     """
+    lengths = torch.as_tensor(lengths, dtype=torch.long)
     if generator is None:
-        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    else:
-        noise = torch.rand(len(lengths), generator=generator).tolist()
-        order = sorted(range(len(lengths)), key=lambda i: (lengths[i], noise[i]))
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for index in order:
-        if current and lengths[index] * (len(current) + 1) > batch_tokens:
-            batches.append(current)
-            current = []
-        current.append(index)
-    if current:
-        batches.append(current)
+        order = torch.argsort(lengths, stable=True)
+    else:  # a length plus noise in [0, 1) sorts by length, ties at random
+        order = torch.argsort(lengths.double() + torch.rand(len(lengths), generator=generator, dtype=torch.double))
+    sorted_lengths = lengths[order].numpy()
+    batches: list[torch.Tensor] = []
+    start = 0
+    while start < len(order):
+        # The padded size of order[start:end] is sorted_lengths[end - 1] * (end - start),
+        # which grows with end: find the largest end within budget by bisection.
+        count = bisect.bisect_right(
+            range(start + 1, min(len(order), start + batch_tokens) + 1),
+            batch_tokens,
+            key=lambda stop: int(sorted_lengths[stop - 1]) * (stop - start),
+        )
+        end = start + max(count, 1)
+        batches.append(order[start:end])
+        start = end
     if generator is not None:
         batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
     return batches
@@ -258,11 +326,21 @@ class Batch:
     target_out: torch.Tensor  # (B, T)
 
     @property
+    def target_tokens(self) -> int:
+        """Target tokens the loss is computed on (eos included, padding not)."""
+        return int((self.target_out != 0).sum())
+
+    @property
     def num_tokens(self) -> int:
-        return int(self.source_lengths.sum()) + int((self.target_out != 0).sum())
+        return int(self.source_lengths.sum()) + self.target_tokens
 
     def to(self, device: torch.device) -> Batch:
-        return Batch(*(t.to(device, non_blocking=True) for t in (self.source, self.source_lengths, self.target_in, self.target_out)))
+        """The batch on `device`; copies to a GPU go from pinned memory, without
+        blocking the host."""
+        tensors = (self.source, self.source_lengths, self.target_in, self.target_out)
+        if device.type == "cuda":
+            tensors = tuple(t.pin_memory() for t in tensors)
+        return Batch(*(t.to(device, non_blocking=True) for t in tensors))
 
 
 def source_tensors(source: Sequence[Sequence[int]], pad_id: int, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,10 +10,18 @@ Re-running the same command on the same directory resumes from `last`: the
 model, the optimizer, the learning rate, the random state and the position
 in the data, so that a resumed CPU run ends with the same weights as an
 uninterrupted one.
+
+An update is `workers * accumulate` consecutive batches of the epoch's
+shuffled list: under torchrun each worker takes `accumulate` of them
+(mt.distributed), and the loss is normalised by the update's target tokens
+over all of them, so N workers compute the same update as one process that
+accumulates N times as many batches. The position in the data counts
+batches, so a run can resume with another number of workers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -31,9 +39,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
+from mt import distributed
 from mt.checkpoint import load_checkpoint, save_checkpoint
 from mt.config import DecodeConfig, ModelConfig, MTError, TrainConfig
-from mt.data import TokenizedCorpus, collate, make_batches
+from mt.data import Batch, TokenizedCorpus, collate, make_batches
 from mt.evaluate import Translator, score
 from mt.model import Seq2Seq
 from mt.tokenizer import TokenizerPair
@@ -45,7 +54,7 @@ class TrainerState:
 
     step: int = 0
     epoch: int = 0
-    batch_in_epoch: int = 0  # index of the next batch of `epoch`
+    batch_in_epoch: int = 0  # index of the next batch of `epoch` (in batches, not updates)
     learning_rate: float = 0.0
     best_bleu: float = -1.0
     validations_without_gain: int = 0
@@ -53,7 +62,7 @@ class TrainerState:
     skipped_steps: int = 0
     elapsed_seconds: float = 0.0  # wall time of the run so far, validation included
     train_seconds: float = 0.0  # time spent in training steps
-    train_tokens: int = 0  # source + target tokens trained on
+    train_tokens: int = 0  # source + target tokens trained on, by all workers
     clipped_steps: int = 0  # updates whose gradient norm exceeded clip_norm (exploding gradients)
     gradient_norm_sum: float = 0.0  # since the last validation, for its mean
     gradient_norm_count: int = 0
@@ -140,12 +149,18 @@ class Trainer:
         self.device = device
         self.info = info
         self.console = console or Console(stderr=True)
-        self.lengths = [max(len(s), len(t)) + 1 for s, t in zip(corpus.source, corpus.target)]
+        self.workers = distributed.current()
 
         torch.manual_seed(train_config.seed)
         self.model = Seq2Seq(model_config).to(device)
+        # The module the training steps run: DDP averages the workers' gradients in backward.
+        self.network = self.model
+        if self.workers.world_size > 1:
+            device_ids = [device.index] if device.type == "cuda" else None
+            self.network = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=train_config.learning_rate)
         self.state = TrainerState(learning_rate=train_config.learning_rate)
+        self._seed_worker()
         self.translator = Translator(self.model, tokenizers, device)
         self.validation_decode = DecodeConfig(beam_size=train_config.validation_beam)
         self.stop_requested = False  # set by Ctrl-C: save `last` and stop after this step
@@ -169,7 +184,16 @@ class Trainer:
             "best_validation_bleu": self.state.best_bleu,
         }
 
+    def _seed_worker(self) -> None:
+        """Give each worker but the first its own random stream (dropout masks);
+        the first keeps the stream a single-process run would have."""
+        if self.workers.rank:
+            torch.manual_seed(hash((self.config.seed, self.workers.rank, self.state.step)))
+
     def save_last(self) -> None:
+        """Write `last` (the first worker only: the replicas are identical)."""
+        if not self.workers.is_main:
+            return
         optimizer_tensors, groups = _optimizer_tensors(self.optimizer)
         extra = {**optimizer_tensors, "trainer.rng.cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
@@ -188,6 +212,7 @@ class Trainer:
         torch.set_rng_state(checkpoint.extra["trainer.rng.cpu"])
         if "trainer.rng.cuda" in checkpoint.extra and torch.cuda.is_available():
             torch.cuda.set_rng_state(checkpoint.extra["trainer.rng.cuda"])
+        self._seed_worker()
 
     # -- validation --------------------------------------------------------
 
@@ -200,11 +225,11 @@ class Trainer:
         pairs = [(s[: cfg.max_source_length - 1], t) for s, t in zip(encoded_src, encoded_tgt) if s and t]
         total, tokens = 0.0, 0
         for batch_indices in make_batches([len(s) + len(t) for s, t in pairs], self.config.batch_tokens):
-            batch = collate(
-                [pairs[i][0] for i in batch_indices], [pairs[i][1] for i in batch_indices], cfg.pad_id, cfg.bos_id, cfg.eos_id
-            ).to(self.device)
+            chosen = [pairs[i] for i in batch_indices.tolist()]
+            batch = collate([s for s, _ in chosen], [t for _, t in chosen], cfg.pad_id, cfg.bos_id, cfg.eos_id)
+            count = batch.target_tokens
+            batch = batch.to(self.device)
             logits, _ = self.model(batch.source, batch.source_lengths, batch.target_in)
-            count = int((batch.target_out != cfg.pad_id).sum())
             total += float(label_smoothed_loss(logits, batch.target_out, 0.0, cfg.pad_id)) * count
             tokens += count
         self.model.train()
@@ -261,54 +286,76 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.state.learning_rate * scale
 
-    def train_step(self, batch_indices: list[int]) -> tuple[float, int, float] | None:
-        """One update on one batch: (loss, tokens, gradient norm before clipping),
-        or None when the step was skipped as non-finite."""
+    def _exchange_gradients(self, now: bool):
+        """DDP averages the gradients in backward; within an update that happens
+        once, in the last batch's backward (no_sync for the ones before)."""
+        return contextlib.nullcontext() if now or self.network is self.model else self.network.no_sync()
+
+    def train_step(self, batches: Sequence[torch.Tensor]) -> tuple[float, int, float] | None:
+        """One update on this worker's batches (each a tensor of corpus indices),
+        together with the other workers' batches: (mean loss per target token,
+        tokens, gradient norm before clipping) over all of them, or None when
+        the update was skipped as non-finite (all workers agree: they see the
+        same averaged gradient)."""
         cfg = self.model_config
-        batch = collate(
-            [self.corpus.source[i] for i in batch_indices],
-            [self.corpus.target[i] for i in batch_indices],
-            cfg.pad_id,
-            cfg.bos_id,
-            cfg.eos_id,
-        ).to(self.device)
+        micro_batches = [collate(*self.corpus.ids(indices), cfg.pad_id, cfg.bos_id, cfg.eos_id) for indices in batches]
+        counts = torch.tensor([[b.target_tokens, b.num_tokens] for b in micro_batches], dtype=torch.float64, device=self.device)
+        target_tokens, tokens = distributed.sum_over_workers(counts.sum(dim=0)).tolist()
         self._set_learning_rate()
-        # The autocast region must close every step: it caches the bf16 copies of the
-        # weights, and a region spanning updates would keep computing with stale ones.
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
-            logits, _ = self.model(batch.source, batch.source_lengths, batch.target_in)
-            loss = label_smoothed_loss(logits, batch.target_out, self.config.label_smoothing, cfg.pad_id)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        for number, batch in enumerate(micro_batches):
+            batch = batch.to(self.device)
+            # DDP averages gradients over workers: scale each batch's summed loss so
+            # that the average is the mean over the update's target tokens.
+            weight = batch.target_tokens * self.workers.world_size / target_tokens
+            last = number == len(micro_batches) - 1
+            # The autocast region must close every step: it caches the bf16 copies of the
+            # weights, and a region spanning updates would keep computing with stale ones.
+            with self._exchange_gradients(last), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
+                logits, _ = self.network(batch.source, batch.source_lengths, batch.target_in)
+                batch_loss = label_smoothed_loss(logits, batch.target_out, self.config.label_smoothing, cfg.pad_id) * weight
+            with self._exchange_gradients(last):
+                batch_loss.backward()
+            loss_sum += batch_loss.detach()
+        loss = distributed.sum_over_workers(loss_sum).item() / self.workers.world_size
         # Gradient-norm clipping: the remedy for exploding gradients (Pascanu et al. 2013).
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm)
-        if not (math.isfinite(loss.item()) and math.isfinite(grad_norm.item())):
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm).item()
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             self.optimizer.zero_grad(set_to_none=True)
             return None
         self.optimizer.step()
-        return loss.item(), batch.num_tokens, grad_norm.item()
+        return loss, int(tokens), grad_norm
 
     def run(self, progress: Progress | None = None) -> TrainResult:
         self.output.mkdir(parents=True, exist_ok=True)
         cfg, state = self.config, self.state
-        batches_per_epoch = len(make_batches(self.lengths, cfg.batch_tokens))
-        total_steps = cfg.max_steps or cfg.max_epochs * batches_per_epoch
+        per_update = self.workers.world_size * cfg.accumulate  # batches
+        batches_per_epoch = len(make_batches(self.corpus.lengths, cfg.batch_tokens))
+        if batches_per_epoch < per_update:
+            raise MTError(
+                f"the corpus makes {batches_per_epoch} batches of --batch-tokens {cfg.batch_tokens}, fewer than one update "
+                f"takes ({self.workers.world_size} workers x --accumulate {cfg.accumulate}); lower --batch-tokens"
+            )
+        total_steps = cfg.max_steps or cfg.max_epochs * (batches_per_epoch // per_update)
         self.model.train()
         deadline = time.monotonic() + 60 * cfg.max_minutes - state.elapsed_seconds if cfg.max_minutes else None
         task = progress.add_task("training", total=total_steps, completed=state.step, info="", deadline=deadline) if progress else None
         consecutive_bad = 0
         run_start, elapsed_before = time.perf_counter(), state.elapsed_seconds
         loss_average = None
-        stop_early = False
+        stop = False
         with _StopOnInterrupt(self):
-            while state.epoch < cfg.max_epochs and not stop_early:
+            while state.epoch < cfg.max_epochs and not stop:
                 generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state.epoch)
-                batches = make_batches(self.lengths, cfg.batch_tokens, generator)
-                while state.batch_in_epoch < len(batches):
+                batches = make_batches(self.corpus.lengths, cfg.batch_tokens, generator)
+                # Batches left over after the last whole update of an epoch wait for the next shuffle.
+                while state.batch_in_epoch + per_update <= len(batches) and not stop:
+                    mine = state.batch_in_epoch + self.workers.rank * cfg.accumulate
                     started = time.perf_counter()
-                    result = self.train_step(batches[state.batch_in_epoch])
+                    result = self.train_step(batches[mine : mine + cfg.accumulate])
                     state.train_seconds += time.perf_counter() - started
-                    state.batch_in_epoch += 1
+                    state.batch_in_epoch += per_update
                     if result is None:
                         state.skipped_steps += 1
                         consecutive_bad += 1
@@ -317,58 +364,65 @@ class Trainer:
                                 f"training diverged: {consecutive_bad} steps in a row had a non-finite loss or "
                                 "gradient; lower --lr or --clip-norm"
                             )
-                        continue
-                    consecutive_bad = 0
-                    state.step += 1
-                    state.elapsed_seconds = elapsed_before + time.perf_counter() - run_start
-                    loss, tokens, grad_norm = result
-                    state.gradient_norm_sum += grad_norm
-                    state.gradient_norm_count += 1
-                    state.clipped_steps += grad_norm > cfg.clip_norm
-                    loss_average = loss if loss_average is None else 0.98 * loss_average + 0.02 * loss
-                    state.train_tokens += tokens
-                    if progress is not None:
-                        rate = state.train_tokens / max(state.train_seconds, 1e-9)
-                        info = f"epoch {state.epoch + 1} loss {loss_average:.3f} {rate:,.0f} tok/s best BLEU {max(state.best_bleu, 0):.2f}"
-                        progress.update(task, completed=state.step, info=info)
-                        if not progress.console.is_terminal and state.step % 100 == 0:  # a log file gets a line now and then
-                            progress.console.print(f"step {state.step}/{total_steps}  {info}")
-                    if cfg.validate_every and state.step % cfg.validate_every == 0:
-                        stop_early = self._validate_and_report(progress)
-                    if stop_early or self.stop_requested or self._out_of_budget():
-                        break
+                    else:
+                        consecutive_bad = 0
+                        state.step += 1
+                        state.elapsed_seconds = elapsed_before + time.perf_counter() - run_start
+                        loss, tokens, grad_norm = result
+                        state.gradient_norm_sum += grad_norm
+                        state.gradient_norm_count += 1
+                        state.clipped_steps += grad_norm > cfg.clip_norm
+                        loss_average = loss if loss_average is None else 0.98 * loss_average + 0.02 * loss
+                        state.train_tokens += tokens
+                        if progress is not None:
+                            rate = state.train_tokens / max(state.train_seconds, 1e-9)
+                            info = f"epoch {state.epoch + 1} loss {loss_average:.3f} {rate:,.0f} tok/s best BLEU {max(state.best_bleu, 0):.2f}"
+                            progress.update(task, completed=state.step, info=info)
+                            if not progress.console.is_terminal and state.step % 100 == 0:  # a log file gets a line now and then
+                                progress.console.print(f"step {state.step}/{total_steps}  {info}")
+                        if cfg.validate_every and state.step % cfg.validate_every == 0:
+                            stop = self._validate_and_report(progress)
+                    stop = self._agree_to_stop() or stop
                 if self.stop_requested:
                     self.save_last()
                     raise KeyboardInterrupt
-                if state.batch_in_epoch >= len(batches):
+                if state.batch_in_epoch + per_update > len(batches):
                     state.epoch += 1
                     state.batch_in_epoch = 0
                     if not cfg.validate_every:
-                        stop_early = self._validate_and_report(progress)
-                if self._out_of_budget():
-                    break
+                        stop = self._validate_and_report(progress) or stop
         if not state.history or state.history[-1]["step"] != state.step:
             self._validate_and_report(progress)
         state.finished = True
         self.save_last()
         return TrainResult(self.best_path, self.last_path, state.best_bleu, state)
 
-    def _out_of_budget(self) -> bool:
+    def _agree_to_stop(self) -> bool:
+        """Whether to stop now: on Ctrl-C or at the end of the step or time budget
+        of any worker (their clocks differ), so that all stop at the same update."""
         cfg = self.config
-        return bool(cfg.max_steps and self.state.step >= cfg.max_steps) or bool(
+        out_of_budget = bool(cfg.max_steps and self.state.step >= cfg.max_steps) or bool(
             cfg.max_minutes and self.state.elapsed_seconds >= 60 * cfg.max_minutes
         )
+        flags = torch.tensor([self.stop_requested, out_of_budget], dtype=torch.int32, device=self.device)
+        interrupted, out_of_budget = distributed.sum_over_workers(flags).tolist()
+        self.stop_requested = bool(interrupted)
+        return bool(interrupted or out_of_budget)
 
     def _validate_and_report(self, progress: Progress | None) -> bool:
-        """Validate, save `last`, print a line; True when early stopping says stop."""
-        record = self.validate()
-        self.save_last()
-        mark = " (best)" if record.get("best") else ""
-        line = (
-            f"step {record['step']}  epoch {record['epoch']}  valid loss {record['validation_loss']:.3f}  "
-            f"valid BLEU {record['validation_bleu']:.2f}{mark}  lr {record['learning_rate']:.2e}"
-        )
-        (progress.console if progress else self.console).print(line)
+        """Validate on the first worker (save `last`, print a line) and share its
+        verdict with the others; True when early stopping says stop."""
+        if self.workers.is_main:
+            record = self.validate()
+            self.save_last()
+            mark = " (best)" if record.get("best") else ""
+            line = (
+                f"step {record['step']}  epoch {record['epoch']}  valid loss {record['validation_loss']:.3f}  "
+                f"valid BLEU {record['validation_bleu']:.2f}{mark}  lr {record['learning_rate']:.2e}"
+            )
+            (progress.console if progress else self.console).print(line)
+        # Best BLEU, learning rate, patience and history, as the first worker has them.
+        vars(self.state).update(distributed.from_main(vars(self.state)))
         patience = self.config.patience
         return bool(patience) and self.state.validations_without_gain >= patience
 

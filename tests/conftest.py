@@ -7,9 +7,12 @@ and kept small, so that the whole suite runs on a CPU in seconds.
 
 from __future__ import annotations
 
+import atexit
 import gzip
 import itertools
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 
 import pytest
@@ -17,6 +20,9 @@ import torch
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if "HF_DATASETS_CACHE" not in os.environ:  # corpora read by the tests are cached here, not in ~/.cache
+    os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="mt-tests-datasets-")
+    atexit.register(shutil.rmtree, os.environ["HF_DATASETS_CACHE"], ignore_errors=True)
 
 from mt.config import ATTENTIONS, CELLS, ModelConfig  # noqa: E402
 from mt.model import Seq2Seq  # noqa: E402

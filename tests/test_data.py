@@ -26,16 +26,16 @@ def test_every_index_is_in_exactly_one_batch(seed):
     lengths = random_lengths(300)
     generator = None if seed is None else torch.Generator().manual_seed(seed)
     batches = make_batches(lengths, batch_tokens=100, generator=generator)
-    flat = [index for batch in batches for index in batch]
+    flat = [index for batch in batches for index in batch.tolist()]
     assert sorted(flat) == list(range(len(lengths)))
-    assert all(batches)
+    assert all(len(batch) for batch in batches)
 
 
 @pytest.mark.parametrize("seed", [None, 3])
 def test_batches_stay_within_batch_tokens(seed):
     lengths = [*random_lengths(200), 150, 300]  # two examples longer than the budget
     generator = None if seed is None else torch.Generator().manual_seed(seed)
-    batches = make_batches(lengths, batch_tokens=120, generator=generator)
+    batches = [batch.tolist() for batch in make_batches(lengths, batch_tokens=120, generator=generator)]
     for batch in batches:
         padded_size = max(lengths[i] for i in batch) * len(batch)
         assert padded_size <= 120 or len(batch) == 1
@@ -45,7 +45,7 @@ def test_batches_stay_within_batch_tokens(seed):
 
 def test_batches_group_similar_lengths():
     lengths = random_lengths(400)
-    batches = make_batches(lengths, batch_tokens=200)
+    batches = [batch.tolist() for batch in make_batches(lengths, batch_tokens=200)]
     # Sorting by length means batches cover disjoint length ranges (ties aside).
     spans = sorted((min(lengths[i] for i in b), max(lengths[i] for i in b)) for b in batches)
     for (_, high), (low, _) in zip(spans, spans[1:]):
@@ -56,14 +56,14 @@ def test_same_generator_seed_gives_same_batches():
     lengths = random_lengths(200)
     first = make_batches(lengths, 100, torch.Generator().manual_seed(5))
     second = make_batches(lengths, 100, torch.Generator().manual_seed(5))
-    assert first == second
+    assert [b.tolist() for b in first] == [b.tolist() for b in second]
 
 
 def test_different_generator_seeds_give_different_orders():
     lengths = random_lengths(200)
     first = make_batches(lengths, 100, torch.Generator().manual_seed(1))
     second = make_batches(lengths, 100, torch.Generator().manual_seed(2))
-    assert first != second
+    assert [b.tolist() for b in first] != [b.tolist() for b in second]
 
 
 def test_empty_input_gives_no_batches():
@@ -266,12 +266,15 @@ def test_tokenize_corpus_drops_empty_and_too_long_pairs(tokenizers, corpus_pairs
     corpus = tokenize_corpus(dataset, tokenizers, max_length=max_length)
 
     assert corpus.dropped == 4
-    assert corpus.source == tokenizers.source.encode([s for s, _ in kept_pairs])
-    assert corpus.target == tokenizers.target.encode([t for _, t in kept_pairs])
+    source, target = corpus.ids(torch.arange(len(corpus)))
+    assert source == tokenizers.source.encode([s for s, _ in kept_pairs])
+    assert target == tokenizers.target.encode([t for _, t in kept_pairs])
+    assert corpus.lengths.tolist() == [max(len(s), len(t)) + 1 for s, t in zip(source, target)]
 
 
 def test_tokenize_corpus_keeps_everything_that_fits(tokenizers, corpus_prefix, corpus_pairs):
     corpus = tokenize_corpus(load_corpus(corpus_prefix, "de", "en"), tokenizers, max_length=100)
     assert corpus.dropped == 0
-    assert len(corpus.source) == len(corpus.target) == len(corpus_pairs)
-    assert tokenizers.target.decode(corpus.target) == [english for _, english in corpus_pairs]
+    assert len(corpus) == len(corpus_pairs)
+    _, target = corpus.ids(torch.arange(len(corpus)))
+    assert tokenizers.target.decode(target) == [english for _, english in corpus_pairs]

@@ -33,7 +33,7 @@ def make_trainer(tokenizers, corpus_pairs, output: Path, **train_options) -> Tra
     options.update(train_options)
     validation = ([s for s, _ in corpus_pairs[:6]], [t for _, t in corpus_pairs[:6]])
     return Trainer(
-        model_config, TrainConfig(**options), tokenizers, TokenizedCorpus(sources, targets, 0), validation, output, torch.device("cpu"), {}
+        model_config, TrainConfig(**options), tokenizers, TokenizedCorpus.from_ids(sources, targets), validation, output, torch.device("cpu"), {}
     )
 
 
@@ -220,8 +220,8 @@ def test_bf16_training_computes_in_bf16_keeps_fp32_weights_and_learns(tokenizers
     trainer = make_trainer(tokenizers, corpus_pairs, tmp_path / "run", bf16=True, label_smoothing=0.0, learning_rate=0.01)
     seen = []
     trainer.model.decoder.readout.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
-    batch = list(range(8))
-    losses = [trainer.train_step(batch)[0] for _ in range(15)]
+    batch = torch.arange(8)
+    losses = [trainer.train_step([batch])[0] for _ in range(15)]
     assert set(seen) == {torch.bfloat16}
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
     assert losses[-1] < 0.75 * losses[0], losses  # stale bf16 weights would repeat the first loss

@@ -1,0 +1,130 @@
+"""Data-parallel training: two gloo processes on loopback, as torchrun starts them on a CPU.
+
+N workers taking one batch each must compute the update that one process
+computes when it accumulates N batches; the replicas must stay identical;
+a run must resume with another number of workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
+
+from mt.checkpoint import load_checkpoint
+from mt.config import ModelConfig, TrainConfig
+from mt.data import TokenizedCorpus
+from mt.tokenizer import Tokenizer, TokenizerPair
+from mt.train import Trainer
+
+MODEL = dict(embedding_size=16, hidden_size=24, num_layers=1, dropout=0.0, attention="luong")
+TRAINING = dict(batch_tokens=120, validate_every=3, seed=5, patience=0, label_smoothing=0.1)
+STEPS = 6
+
+
+def make_trainer(job: dict, output: Path, accumulate: int, max_steps: int) -> Trainer:
+    tokenizer = Tokenizer(job["proto"])
+    tokenizers = TokenizerPair(tokenizer, tokenizer)
+    model_config = ModelConfig(src_vocab_size=tokenizer.vocab_size, tgt_vocab_size=tokenizer.vocab_size, **MODEL)
+    train_config = TrainConfig(**TRAINING, accumulate=accumulate, max_steps=max_steps)
+    corpus = TokenizedCorpus.from_ids(job["source_ids"], job["target_ids"])
+    return Trainer(model_config, train_config, tokenizers, corpus, job["validation"], output, torch.device("cpu"), {})
+
+
+def train_as_worker(rank: int, world_size: int, port: int, job: dict, output: Path, max_steps: int, resume: bool) -> None:
+    """One torchrun worker: join the group, train, and leave its replica's weights in OUTPUT/rank-N."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        trainer = make_trainer(job, output, accumulate=1, max_steps=max_steps)
+        if resume:
+            trainer.resume()
+        trainer.run()
+        save_file({name: t.contiguous() for name, t in trainer.model.state_dict().items()}, str(output / f"rank-{rank}"))
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def run_two_workers(job: dict, output: Path, max_steps: int, resume: bool = False) -> list[dict[str, torch.Tensor]]:
+    mp.spawn(train_as_worker, args=(2, free_port(), job, output, max_steps, resume), nprocs=2)
+    return [load_file(str(output / f"rank-{rank}")) for rank in range(2)]
+
+
+@pytest.fixture(scope="module")
+def job(tokenizers, corpus_pairs) -> dict:
+    sources, targets = zip(*corpus_pairs)
+    return {
+        "proto": tokenizers.source.model_proto,
+        "source_ids": tokenizers.source.encode(list(sources)),
+        "target_ids": tokenizers.target.encode(list(targets)),
+        "validation": (list(sources[:6]), list(targets[:6])),
+    }
+
+
+@pytest.fixture(scope="module")
+def one_process(job, tmp_path_factory) -> Trainer:
+    """The reference: one process accumulating two batches per update."""
+    trainer = make_trainer(job, tmp_path_factory.mktemp("one-process"), accumulate=2, max_steps=STEPS)
+    trainer.run()
+    return trainer
+
+
+def assert_close(weights: dict[str, torch.Tensor], model: torch.nn.Module) -> None:
+    expected = model.state_dict()
+    assert weights.keys() == expected.keys()
+    for name, tensor in weights.items():
+        torch.testing.assert_close(tensor, expected[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_two_workers_stay_identical_and_match_one_process_with_the_same_global_batch(job, one_process, tmp_path):
+    first, second = run_two_workers(job, tmp_path, max_steps=STEPS)
+
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+    assert_close(first, one_process.model)
+    # Validation ran once per validation step (on the first worker), not once per worker.
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [3, 6]
+    assert [r["validation_bleu"] for r in records] == [r["validation_bleu"] for r in one_process.state.history]
+
+
+def test_a_run_resumes_on_another_number_of_workers(job, one_process, tmp_path):
+    make_trainer(job, tmp_path, accumulate=2, max_steps=STEPS // 2).run()  # one process, then two workers
+    first, _ = run_two_workers(job, tmp_path, max_steps=STEPS, resume=True)
+    assert_close(first, one_process.model)
+
+
+def test_mt_train_runs_unchanged_under_torchrun(corpus_prefix, tokenizers, tmp_path):
+    tokenizers.save(tmp_path / "tokenizer")
+    output = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "-m", "mt", "train", "--train", corpus_prefix, "--valid", corpus_prefix, "--src", "de", "--tgt", "en",
+        "--tokenizer", str(tmp_path / "tokenizer"), "--output", str(output), "--device", "cpu",
+        "--embedding-size", "16", "--hidden-size", "24", "--layers", "1", "--batch-tokens", "120",
+        "--max-steps", "4", "--validate-every", "2",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    assert "2 workers on cpu" in finished.stderr
+    assert finished.stderr.count("valid BLEU") == 2  # reported by the first worker only
+    assert len((output / "log.jsonl").read_text().splitlines()) == 2
+    last = load_checkpoint(output / "last.safetensors", with_extra=True).info
+    assert last["workers"] == 2 and last["trainer_state"]["step"] == 4 and last["trainer_state"]["finished"]
