@@ -7,7 +7,7 @@ SHARED_MULTI30K := ../shared/data/multi30k
 #   make install TORCH="torch --index-url https://download.pytorch.org/whl/cpu"
 TORCH ?= torch==2.13.0
 
-.PHONY: install data translate test bench clean
+.PHONY: install data translate test bench bench-memory clean
 
 install: $(VENV)/.installed
 
@@ -36,6 +36,10 @@ test: install
 # Speed, memory and quality on this machine (about 7 minutes on 2 cores); see docs/benchmarks.md.
 bench: data
 	$(BIN)/python bench/benchmark.py
+
+# Peak memory of train-tokenizer and train on synthetic corpora of 100k and 1M pairs (about 10 minutes).
+bench-memory: install
+	$(BIN)/python bench/corpus_memory.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -7,9 +7,10 @@ user runs, each as a new process with an empty `datasets` cache:
     mt train-tokenizer --max-sentences S ...   (learns from a sample)
     mt train --max-steps N ...                 (Arrow corpus, tokenized with Dataset.map, a few updates)
 
-and records each one's wall time and peak memory: the resident set (which
-counts the pages of the memory-mapped Arrow files that were read, which
-the kernel may drop at will) and the process's own anonymous memory.
+and records each one's wall time and peak memory: the resident set, and its
+two parts: the process's own (anonymous) memory, and file-backed pages, which
+include the pages of the memory-mapped Arrow files that were read (page
+cache: the kernel drops them when memory runs short).
 
     python bench/corpus_memory.py                          # 100k and 1M pairs, about 10 minutes on 2 cores
     python bench/corpus_memory.py --pairs 1000 --pairs 10000   # a quick look
@@ -46,26 +47,32 @@ def write_corpus(prefix: Path, pairs: int, seed: int) -> None:
 
 
 def measure(command: list[str], env: dict[str, str]) -> dict[str, float]:
-    """Run `command`; its wall time and peak resident and anonymous memory (MB),
-    the latter sampled every 50 ms."""
+    """Run `command`; its wall time and peak resident memory (MB), and the peaks
+    of its two parts, anonymous and file-backed, sampled every 50 ms."""
     started = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     status_file = Path(f"/proc/{process.pid}/status")
-    peak_anonymous_kb = 0
+    peaks_kb = {"RssAnon": 0, "RssFile": 0}
     while True:
         pid, status, usage = os.wait4(process.pid, os.WNOHANG)
         if pid:
             break
         try:
             fields = dict(line.split(":", 1) for line in status_file.read_text().splitlines())
-            peak_anonymous_kb = max(peak_anonymous_kb, int(fields["RssAnon"].split()[0]))
+            for name in peaks_kb:
+                peaks_kb[name] = max(peaks_kb[name], int(fields[name].split()[0]))
         except (OSError, KeyError, ValueError):
             pass  # between exit and reaping
         time.sleep(0.05)
     seconds = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status):
         raise SystemExit(f"{' '.join(command[2:4])} failed:\n{process.stderr.read().decode(errors='replace')}")
-    return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024, "peak_anonymous_mb": peak_anonymous_kb / 1024}
+    return {
+        "seconds": seconds,
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "peak_anonymous_mb": peaks_kb["RssAnon"] / 1024,
+        "peak_file_backed_mb": peaks_kb["RssFile"] / 1024,
+    }
 
 
 def run_size(pairs: int, steps: int, max_sentences: int, scratch: Path) -> dict:
@@ -97,6 +104,13 @@ def run_size(pairs: int, steps: int, max_sentences: int, scratch: Path) -> dict:
     }
 
 
+def describe(measurement: dict[str, float]) -> str:
+    return (
+        f"{measurement['seconds']:.0f} s, {measurement['peak_rss_mb']:.0f} MB peak RSS "
+        f"({measurement['peak_anonymous_mb']:.0f} MB anonymous, {measurement['peak_file_backed_mb']:.0f} MB file-backed)"
+    )
+
+
 @app.command()
 def main(
     pairs: Annotated[list[int], typer.Option(help="Corpus sizes to measure (repeat the option).")] = [100_000, 1_000_000],
@@ -111,11 +125,8 @@ def main(
             rows.append(run_size(size, steps, max_sentences, Path(scratch)))
         row = rows[-1]
         print(
-            f"{size:>9,} pairs ({row['corpus_mb']:.0f} MB of text, {row['datasets_cache_mb']:.0f} MB of Arrow cache): "
-            f"train-tokenizer {row['train_tokenizer']['seconds']:.0f} s, {row['train_tokenizer']['peak_rss_mb']:.0f} MB peak RSS "
-            f"({row['train_tokenizer']['peak_anonymous_mb']:.0f} MB anonymous); "
-            f"train {row['train']['seconds']:.0f} s, {row['train']['peak_rss_mb']:.0f} MB peak RSS "
-            f"({row['train']['peak_anonymous_mb']:.0f} MB anonymous), {row['updates']} updates",
+            f"{size:>9,} pairs ({row['corpus_mb']:.0f} MB of text, {row['datasets_cache_mb']:.0f} MB of Arrow cache), {row['updates']} updates: "
+            f"train-tokenizer {describe(row['train_tokenizer'])}; train {describe(row['train'])}",
             flush=True,
         )
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -154,8 +154,8 @@ def train_tokenizer_cli(
 
     if vocab_size < 8:
         raise MTError(f"--vocab-size must be >= 8, got {vocab_size}")
-    if max_sentences < 1:
-        raise MTError(f"--max-sentences must be >= 1, got {max_sentences}")
+    if max_sentences <= 100:  # SentencePiece's smallest sample
+        raise MTError(f"--max-sentences must be > 100, got {max_sentences}")
     corpus = load_corpus(train, src, tgt)
     options = dict(vocab_size=vocab_size, model_type=model_type.value, seed=seed, input_sentence_size=max_sentences)
     if joint:

@@ -42,7 +42,7 @@ from rich.text import Text
 from mt import distributed
 from mt.checkpoint import load_checkpoint, save_checkpoint
 from mt.config import DecodeConfig, ModelConfig, MTError, TrainConfig
-from mt.data import Batch, TokenizedCorpus, collate, make_batches
+from mt.data import TokenizedCorpus, collate, make_batches
 from mt.evaluate import Translator, score
 from mt.model import Seq2Seq
 from mt.tokenizer import TokenizerPair
@@ -333,9 +333,10 @@ class Trainer:
         per_update = self.workers.world_size * cfg.accumulate  # batches
         batches_per_epoch = len(make_batches(self.corpus.lengths, cfg.batch_tokens))
         if batches_per_epoch < per_update:
+            workers = f" x {self.workers.world_size} workers" if self.workers.world_size > 1 else ""
             raise MTError(
                 f"the corpus makes {batches_per_epoch} batches of --batch-tokens {cfg.batch_tokens}, fewer than one update "
-                f"takes ({self.workers.world_size} workers x --accumulate {cfg.accumulate}); lower --batch-tokens"
+                f"takes (--accumulate {cfg.accumulate}{workers}); lower --batch-tokens or --accumulate"
             )
         total_steps = cfg.max_steps or cfg.max_epochs * (batches_per_epoch // per_update)
         self.model.train()

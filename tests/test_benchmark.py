@@ -57,3 +57,16 @@ def test_benchmark_refuses_missing_inputs_with_one_line(tmp_path):
     assert process.returncode != 0
     assert process.stderr.strip().splitlines() == [f"error: {tmp_path / 'missing'} does not exist (run `make data` for Multi30k)"]
     assert not (tmp_path / "bench.json").exists()
+
+
+CORPUS_MEMORY = BENCHMARK.parent / "corpus_memory.py"
+
+
+def test_corpus_memory_benchmark_runs_the_commands_on_a_small_corpus(tmp_path):
+    arguments = ["--pairs", "5000", "--steps", "2", "--max-sentences", "4000", "--output", str(tmp_path / "memory.json")]
+    process = subprocess.run([sys.executable, str(CORPUS_MEMORY), *arguments], capture_output=True, text=True, timeout=600)
+    assert process.returncode == 0, process.stderr
+    (row,) = json.loads((tmp_path / "memory.json").read_text())["rows"]
+    assert row["pairs"] == 5000 and row["updates"] == 2
+    for command in ("train_tokenizer", "train"):
+        assert 0 < row[command]["peak_anonymous_mb"] <= row[command]["peak_rss_mb"], row[command]

@@ -892,3 +892,19 @@ def test_checkpoint_whose_tokenizer_does_not_match_its_model_is_a_one_line_error
     save_file(tensors, str(path), metadata=metadata)
     result = _invoke(["translate", "--model", path, "--device", "cpu", "Ein Hund."])
     _assert_cli_error(result, "tokenizers do not match")
+
+
+def test_train_accumulating_more_batches_than_an_epoch_has_is_a_one_line_error(cli_corpus, cli_tokenizer, tmp_path):
+    assert cli_tokenizer.result.exit_code == 0
+    result = _train_tiny(cli_corpus, cli_tokenizer.directory, tmp_path / "run", "--accumulate", 1000)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    last_line = result.stderr.strip().splitlines()[-1]  # after the reports on the corpus and the model
+    assert last_line.startswith("error: ") and "fewer than one update takes (--accumulate 1000)" in last_line
+    assert not (tmp_path / "run" / "last.safetensors").exists()
+
+
+def test_train_tokenizer_learns_from_a_sample_of_max_sentences(cli_corpus, tmp_path):
+    result = _invoke(["train-tokenizer", "--train", cli_corpus.train, "--vocab-size", 60, "--max-sentences", 150, "--output", tmp_path / "tok"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "tok" / "source.model").is_file()
+    _assert_cli_error(_invoke(["train-tokenizer", "--train", cli_corpus.train, "--max-sentences", 100]), "--max-sentences", "> 100")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import random
 
 import pytest
@@ -240,6 +241,19 @@ def test_dataset_without_the_language_columns_is_an_error(tmp_path):
         load_corpus(str(tmp_path / "fr-en"), "de", "en")
 
 
+def test_a_text_corpus_is_memory_mapped_and_an_edited_file_is_read_afresh(tmp_path):
+    write_lines(tmp_path / "train.de", ["Der Hund", "Die Katze"])
+    write_lines(tmp_path / "train.en", ["The dog", "The cat"])
+    first = load_corpus(str(tmp_path / "train"), "de", "en")
+    assert first.cache_files  # an Arrow file in the datasets cache, not Python lists
+    assert load_corpus(str(tmp_path / "train"), "de", "en").cache_files == first.cache_files  # read from the cache
+
+    write_lines(tmp_path / "train.en", ["A dog", "A cat"])
+    stat = (tmp_path / "train.en").stat()
+    os.utime(tmp_path / "train.en", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # even on a coarse clock
+    assert load_corpus(str(tmp_path / "train"), "de", "en")["target"] == ["A dog", "A cat"]
+
+
 # -- tokenize_corpus ----------------------------------------------------------
 
 
@@ -274,6 +288,7 @@ def test_tokenize_corpus_drops_empty_and_too_long_pairs(tokenizers, corpus_pairs
 
 def test_tokenize_corpus_keeps_everything_that_fits(tokenizers, corpus_prefix, corpus_pairs):
     corpus = tokenize_corpus(load_corpus(corpus_prefix, "de", "en"), tokenizers, max_length=100)
+    assert corpus.pairs.cache_files  # token ids in a cached, memory-mapped Arrow file
     assert corpus.dropped == 0
     assert len(corpus) == len(corpus_pairs)
     _, target = corpus.ids(torch.arange(len(corpus)))
