@@ -286,7 +286,8 @@ def make_batches(lengths: torch.Tensor | Sequence[int], batch_tokens: int, gener
     if generator is None:
         order = torch.argsort(lengths, stable=True)
     else:  # a length plus noise in [0, 1) sorts by length, ties at random
-        order = torch.argsort(lengths.double() + torch.rand(len(lengths), generator=generator, dtype=torch.double))
+        noise = torch.rand(len(lengths), generator=generator)
+        order = torch.argsort(lengths.double() + noise.double(), stable=True)
     sorted_lengths = lengths[order].numpy()
     batches: list[torch.Tensor] = []
     start = 0
