@@ -232,7 +232,7 @@ def train_cli(
     from mt.config import ModelConfig, TrainConfig
     from mt.data import corpus_fingerprint
     from mt.tokenizer import TokenizerPair
-    from mt.train import Trainer, progress_bar
+    from mt.train import Interrupted, Trainer, progress_bar
 
     train_config = TrainConfig(
         batch_tokens=batch_tokens,
@@ -319,7 +319,7 @@ def train_cli(
         try:
             with progress_bar(err) as progress:
                 result = trainer.run(progress)
-        except KeyboardInterrupt:
+        except Interrupted:
             err.print(f"interrupted at step {trainer.state.step}; saved {trainer.last_path}. Resume with the same command.")
             raise typer.Exit(130) from None
         err.print(f"best validation BLEU {result.best_bleu:.2f}: {result.best}")

@@ -105,26 +105,37 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.T
     optimizer.load_state_dict({"state": slots, "param_groups": groups})
 
 
-class _StopOnInterrupt:
-    """Turns the first Ctrl-C (SIGINT) into `trainer.stop_requested`: the
-    trainer finishes its step, saves `last` and stops. A second Ctrl-C stops at once."""
+class Interrupted(KeyboardInterrupt):
+    """Training stopped on Ctrl-C or SIGTERM after saving `last` (a bare KeyboardInterrupt
+    is a second Ctrl-C, or one before the training loop: nothing was saved)."""
+
+
+class _StopOnSignal:
+    """Turns Ctrl-C (SIGINT) and SIGTERM (how schedulers and torchrun ask a
+    process to end) into `trainer.stop_requested`: the trainer finishes its
+    step, saves `last` and stops. A second Ctrl-C stops a single process at
+    once; under torchrun, which passes each Ctrl-C on to the workers a second
+    time, every signal asks for the orderly stop (the launcher kills a worker
+    that takes too long)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
-        self._previous = None
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> None:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
 
     def _handle(self, signum, frame) -> None:
-        if self.trainer.stop_requested:
+        if self.trainer.stop_requested and signum == signal.SIGINT and self.trainer.workers.world_size == 1:
             raise KeyboardInterrupt
         self.trainer.stop_requested = True
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
 
 class Trainer:
@@ -163,7 +174,7 @@ class Trainer:
         self._seed_worker()
         self.translator = Translator(self.model, tokenizers, device)
         self.validation_decode = DecodeConfig(beam_size=train_config.validation_beam)
-        self.stop_requested = False  # set by Ctrl-C: save `last` and stop after this step
+        self.stop_requested = False  # set by Ctrl-C or SIGTERM: save `last` and stop after this step
 
     @property
     def last_path(self) -> Path:
@@ -346,7 +357,7 @@ class Trainer:
         run_start, elapsed_before = time.perf_counter(), state.elapsed_seconds
         loss_average = None
         stop = False
-        with _StopOnInterrupt(self):
+        with _StopOnSignal(self):
             while state.epoch < cfg.max_epochs and not stop:
                 generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state.epoch)
                 batches = make_batches(self.corpus.lengths, cfg.batch_tokens, generator)
@@ -386,7 +397,7 @@ class Trainer:
                     stop = self._agree_to_stop() or stop
                 if self.stop_requested:
                     self.save_last()
-                    raise KeyboardInterrupt
+                    raise Interrupted
                 if state.batch_in_epoch + per_update > len(batches):
                     state.epoch += 1
                     state.batch_in_epoch = 0

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -110,21 +112,51 @@ def test_a_run_resumes_on_another_number_of_workers(job, one_process, tmp_path):
     assert_close(first, one_process.model)
 
 
+def mt_train(corpus_prefix: str, tokenizer: Path, output: Path, *options: str, workers: int = 2) -> list[str]:
+    """The command line of a tiny `mt train`, under torchrun when `workers` > 1."""
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(workers)] if workers > 1 else []
+    return [
+        sys.executable, *launcher, "-m", "mt", "train", "--train", corpus_prefix, "--valid", corpus_prefix,
+        "--src", "de", "--tgt", "en", "--tokenizer", str(tokenizer), "--output", str(output), "--device", "cpu",
+        "--embedding-size", "16", "--hidden-size", "24", "--layers", "1", "--batch-tokens", "120", *options,
+    ]  # fmt: skip
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
 def test_mt_train_runs_unchanged_under_torchrun(corpus_prefix, tokenizers, tmp_path):
     tokenizers.save(tmp_path / "tokenizer")
     output = tmp_path / "run"
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-        "-m", "mt", "train", "--train", corpus_prefix, "--valid", corpus_prefix, "--src", "de", "--tgt", "en",
-        "--tokenizer", str(tmp_path / "tokenizer"), "--output", str(output), "--device", "cpu",
-        "--embedding-size", "16", "--hidden-size", "24", "--layers", "1", "--batch-tokens", "120",
-        "--max-steps", "4", "--validate-every", "2",
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    command = mt_train(corpus_prefix, tmp_path / "tokenizer", output, "--max-steps", "4", "--validate-every", "2")
+    finished = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr
     assert "2 workers on cpu" in finished.stderr
     assert finished.stderr.count("valid BLEU") == 2  # reported by the first worker only
     assert len((output / "log.jsonl").read_text().splitlines()) == 2
     last = load_checkpoint(output / "last.safetensors", with_extra=True).info
     assert last["workers"] == 2 and last["trainer_state"]["step"] == 4 and last["trainer_state"]["finished"]
+
+
+def test_ctrl_c_under_torchrun_saves_last_and_one_process_resumes(corpus_prefix, tokenizers, tmp_path):
+    tokenizers.save(tmp_path / "tokenizer")
+    output = tmp_path / "run"
+    # No validation: `last` can only come from the orderly stop.
+    command = mt_train(corpus_prefix, tmp_path / "tokenizer", output, "--epochs", "100000", "--max-steps", "1000000", "--validate-every", "1000000")
+    launcher = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not output.exists():  # the trainer makes it as its loop starts
+        assert launcher.poll() is None and time.monotonic() < deadline, launcher.communicate()
+        time.sleep(0.1)
+    time.sleep(2)
+    os.killpg(launcher.pid, signal.SIGINT)  # Ctrl-C in a terminal: torchrun and both workers
+    _, stderr = launcher.communicate(timeout=120)
+    assert "Resume with the same command" in stderr
+    state = load_checkpoint(output / "last.safetensors", with_extra=True).info["trainer_state"]
+    assert state["step"] > 0 and not state["finished"]
+
+    resume = mt_train(corpus_prefix, tmp_path / "tokenizer", output, "--max-steps", str(state["step"] + 3), "--accumulate", "2", workers=1)
+    resumed = subprocess.run(resume, env=ENV, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {output} at step {state['step']}" in " ".join(resumed.stderr.split())
+    assert load_checkpoint(output / "last.safetensors", with_extra=True).info["trainer_state"]["step"] == state["step"] + 3
