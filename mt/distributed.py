@@ -67,13 +67,14 @@ def stop() -> None:
 
 @contextmanager
 def main_first() -> Iterator[None]:
-    """Run a block on the first worker, then on the others: the first one
-    fills the `datasets` cache, the others read it."""
+    """Run a block on the first worker of each node, then on the others: the
+    first one fills the node's `datasets` cache, the others read it."""
     workers = current()
-    if not workers.is_main:
+    first_on_node = int(os.environ.get("LOCAL_RANK", workers.rank)) == 0
+    if workers.world_size > 1 and not first_on_node:
         dist.barrier()
     yield
-    if workers.is_main and workers.world_size > 1:
+    if workers.world_size > 1 and first_on_node:
         dist.barrier()
 
 

@@ -41,6 +41,15 @@ def test_forward_gives_logits_for_every_target_position(architecture, make_model
             assert (attention[row, :, length:] == 0).all()
 
 
+def test_every_parameter_gets_a_gradient(architecture, make_model, make_sources):
+    # DistributedDataParallel needs it: an unused parameter would stall the gradient exchange.
+    model = make_model(**architecture, tie_embeddings=False).train()
+    source, lengths = make_sources([5, 3, 7], SRC_V)
+    logits, _ = model(source, lengths, random_targets([4, 6, 2], TGT_V))
+    logits.sum().backward()
+    assert [name for name, p in model.named_parameters() if p.grad is None] == []
+
+
 def test_decode_step_gives_log_probabilities(architecture, make_model, make_sources):
     model = make_model(**architecture)
     source, lengths = make_sources([5, 3], SRC_V)
