@@ -11,13 +11,16 @@ A corpus is named by a *spec* string:
   WMT datasets.
 
 Every reader returns a `datasets.Dataset` with the columns `source` and
-`target`; tokenizing is an Arrow-backed `Dataset.map`.
+`target`, backed by an Arrow file that is memory-mapped (text files are
+written to one in the `datasets` cache first), so that a corpus larger than
+memory never sits in Python lists; tokenizing is a cached `Dataset.map`, and
+training reads a batch's rows when it needs them.
 """
 
 from __future__ import annotations
 
-import gzip
 import bisect
+import gzip
 import hashlib
 import itertools
 import zlib
@@ -262,7 +265,9 @@ def tokenize_corpus(dataset: datasets.Dataset, tokenizers: TokenizerPair, max_le
         desc="tokenizing",
     )
     # Lengths straight from the Arrow columns: a copy of two integers per pair, not a row format.
-    source_length, target_length = (torch.tensor(encoded.data.column(name).to_numpy()) for name in ("source_length", "target_length"))
+    source_length, target_length = (
+        torch.tensor(encoded.data.column(name).to_numpy()) for name in ("source_length", "target_length")
+    )
     fits = (source_length > 0) & (source_length <= max_length) & (target_length > 0) & (target_length <= max_length)
     kept = fits.nonzero().squeeze(1)  # (N,)
     pairs = encoded.select_columns(["source_ids", "target_ids"])
@@ -272,7 +277,9 @@ def tokenize_corpus(dataset: datasets.Dataset, tokenizers: TokenizerPair, max_le
     return TokenizedCorpus(pairs, lengths, len(encoded) - len(kept))
 
 
-def make_batches(lengths: torch.Tensor | Sequence[int], batch_tokens: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+def make_batches(
+    lengths: torch.Tensor | Sequence[int], batch_tokens: int, generator: torch.Generator | None = None
+) -> list[torch.Tensor]:
     """Group example indices into batches of similar length.
 
     Examples are sorted by length (ties broken at random when `generator` is
