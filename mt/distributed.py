@@ -22,6 +22,8 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
+from mt.config import MTError
+
 T = TypeVar("T")
 
 # Validation runs on the first worker while the others wait at a collective;
@@ -56,7 +58,10 @@ def start(device: torch.device) -> torch.device:
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
+    try:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
+    except ValueError as error:  # WORLD_SIZE set, but not the rest of torchrun's environment
+        raise MTError(f"cannot join the workers: {error}; start several workers with torchrun, or unset WORLD_SIZE") from None
     return device
 
 

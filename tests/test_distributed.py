@@ -160,3 +160,13 @@ def test_ctrl_c_under_torchrun_saves_last_and_one_process_resumes(corpus_prefix,
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming {output} at step {state['step']}" in " ".join(resumed.stderr.split())
     assert load_checkpoint(output / "last.safetensors", with_extra=True).info["trainer_state"]["step"] == state["step"] + 3
+
+
+def test_world_size_without_torchrun_is_a_one_line_error(corpus_prefix, tokenizers, tmp_path):
+    tokenizers.save(tmp_path / "tokenizer")
+    command = mt_train(corpus_prefix, tmp_path / "tokenizer", tmp_path / "run", "--max-steps", "1", workers=1)
+    env = {name: value for name, value in ENV.items() if name not in ("RANK", "MASTER_ADDR", "MASTER_PORT")}
+    finished = subprocess.run(command, env={**env, "WORLD_SIZE": "2"}, capture_output=True, text=True, timeout=120)
+    (line,) = finished.stderr.strip().splitlines()
+    assert finished.returncode == 1
+    assert line.startswith("error: cannot join the workers") and "torchrun" in line
