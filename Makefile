@@ -37,7 +37,7 @@ test: install
 bench: data
 	$(BIN)/python bench/benchmark.py
 
-# Peak memory of train-tokenizer and train on synthetic corpora of 100k and 1M pairs (about 10 minutes).
+# Peak memory of train-tokenizer and train on synthetic corpora of 100k and 1M pairs (about 2 minutes).
 bench-memory: install
 	$(BIN)/python bench/corpus_memory.py
 

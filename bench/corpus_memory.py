@@ -12,7 +12,7 @@ two parts: the process's own (anonymous) memory, and file-backed pages, which
 include the pages of the memory-mapped Arrow files that were read (page
 cache: the kernel drops them when memory runs short).
 
-    python bench/corpus_memory.py                          # 100k and 1M pairs, about 10 minutes on 2 cores
+    python bench/corpus_memory.py                          # 100k and 1M pairs, about 2 minutes on 2 cores
     python bench/corpus_memory.py --pairs 1000 --pairs 10000   # a quick look
 """
 
