@@ -50,7 +50,8 @@ def measure(command: list[str], env: dict[str, str]) -> dict[str, float]:
     """Run `command`; its wall time and peak resident memory (MB), and the peaks
     of its two parts, anonymous and file-backed, sampled every 50 ms."""
     started = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    errors = tempfile.TemporaryFile()  # not a pipe: nobody reads it while the command runs
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=errors)
     status_file = Path(f"/proc/{process.pid}/status")
     peaks_kb = {"RssAnon": 0, "RssFile": 0}
     while True:
@@ -66,7 +67,8 @@ def measure(command: list[str], env: dict[str, str]) -> dict[str, float]:
         time.sleep(0.05)
     seconds = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status):
-        raise SystemExit(f"{' '.join(command[2:4])} failed:\n{process.stderr.read().decode(errors='replace')}")
+        errors.seek(0)
+        raise SystemExit(f"{' '.join(command[2:4])} failed:\n{errors.read().decode(errors='replace')}")
     return {
         "seconds": seconds,
         "peak_rss_mb": usage.ru_maxrss / 1024,
