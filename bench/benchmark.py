@@ -107,16 +107,18 @@ def training(options: dict) -> dict:
 
         batches = torch.randperm(len(corpus), generator=torch.Generator().manual_seed(1)).split(sentences_per_batch)
 
+    # Token counts per pair, read once: not inside the timed loop.
+    sources, targets = corpus.ids(torch.arange(len(corpus)))
+    source_length = torch.tensor([len(ids) + 1 for ids in sources])  # + eos
+    target_length = torch.tensor([len(ids) + 1 for ids in targets])  # + bos or eos
     step(batches[0])  # warm-up: allocator, thread pool
     source_tokens = target_tokens = padded = updates = 0
     started = time.perf_counter()
     for indices in itertools.cycle(batches[1:] or batches):
         step(indices)
-        source, target = corpus.ids(indices)
-        source_lengths = [len(ids) + 1 for ids in source]  # + eos
-        target_lengths = [len(ids) + 1 for ids in target]  # + bos or eos
-        source_tokens, target_tokens = source_tokens + sum(source_lengths), target_tokens + sum(target_lengths)
-        padded += (max(source_lengths) + max(target_lengths)) * len(indices)
+        source_lengths, target_lengths = source_length[indices], target_length[indices]
+        source_tokens, target_tokens = source_tokens + int(source_lengths.sum()), target_tokens + int(target_lengths.sum())
+        padded += int(source_lengths.max() + target_lengths.max()) * len(indices)
         updates += 1
         if time.perf_counter() - started >= options["seconds"]:
             break
