@@ -5,6 +5,11 @@
 #
 # Run through the device tool from the repository root, with the Multi30k files in
 # .devdata/multi30k/ and wheels for `datasets` in .whl/ (carried), e.g.
+#   ONLY=general MINUTES=6 bash bench/gpu_train.sh (the general de-en and en-de models on
+#       Tatoeba + Multi30k, each mixed 1:1 and with Multi30k taken 3 times; needs
+#       .devdata/tatoeba/deu-eng/ and the joint tokenizer in .devdata/tokenizers/general/)
+#   ONLY=continue MINUTES=3 bash bench/gpu_train.sh (a second session: the chosen general models,
+#       from .devdata/init/{de-en,en-de}.safetensors, trained on with --init-from)
 #   MINUTES=6 bash bench/gpu_train.sh              (all runs: shipped models and ablations)
 #   ONLY=en-de MINUTES=2.8 bash bench/gpu_train.sh  (the en-de runs alone)
 #   ONLY=speed MINUTES=6 bash bench/gpu_train.sh    (the default de-en attention model alone,
@@ -33,9 +38,9 @@ MT="python3 -m mt"
 LOGGER=$!
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; python3 -c "import torch, datasets; print('torch', torch.__version__, 'datasets', datasets.__version__, 'cuda', torch.cuda.is_available())"; nproc; } | tee logs/machine.txt
 
-# -- tokenizers (joint unigram, 8000 pieces)
-[ "${ONLY:-}" = en-de ] || $MT train-tokenizer --train $DATA/train --src de --tgt en --vocab-size ${VOCAB:-8000} --output data/tokenizers/de-en 2>&1 | tee logs/tokenizer-de-en.txt
-[ "${ONLY:-}" = speed ] || $MT train-tokenizer --train $DATA/train --src en --tgt de --vocab-size ${VOCAB:-8000} --output data/tokenizers/en-de 2>&1 | tee logs/tokenizer-en-de.txt
+# -- tokenizers (joint unigram, 8000 pieces); the general models bring theirs
+case "${ONLY:-}" in en-de|general|continue) ;; *) $MT train-tokenizer --train $DATA/train --src de --tgt en --vocab-size ${VOCAB:-8000} --output data/tokenizers/de-en 2>&1 | tee logs/tokenizer-de-en.txt;; esac
+case "${ONLY:-}" in speed|general|continue) ;; *) $MT train-tokenizer --train $DATA/train --src en --tgt de --vocab-size ${VOCAB:-8000} --output data/tokenizers/en-de 2>&1 | tee logs/tokenizer-en-de.txt;; esac
 
 COMMON="--train $DATA/train --valid $DATA/val --device $DEVICE --epochs 60 --patience 8 --max-minutes $MINUTES --share-embeddings"
 ATT="--attention luong --bidirectional --hidden-size 448"
@@ -46,7 +51,24 @@ run() {  # name, arguments...
   RUNS="$RUNS $!"
 }
 RUNS=""
-if [ "${ONLY:-}" = en-de ]; then  # a second, shorter session for en-de alone
+TATOEBA=${TATOEBA:-.devdata/tatoeba/deu-eng}
+GENERAL="--valid $TATOEBA/dev --valid $DATA/val --device $DEVICE --epochs 60 --patience 8 --max-minutes $MINUTES
+  --share-embeddings --bidirectional --hidden-size 448 --batch-tokens 12000 --keep-checkpoints 5"
+if [ "${ONLY:-}" = general ]; then  # everyday sentences + captions, both directions, two mixes each
+  for pair in "de en bahdanau" "en de luong"; do
+    set -- $pair
+    run $1-$2-general     --train $TATOEBA/train --train $DATA/train   --src $1 --tgt $2 --attention $3 \
+      --tokenizer .devdata/tokenizers/general $GENERAL
+    run $1-$2-general-m3  --train $TATOEBA/train --train $DATA/train:3 --src $1 --tgt $2 --attention $3 \
+      --tokenizer .devdata/tokenizers/general $GENERAL
+  done
+elif [ "${ONLY:-}" = continue ]; then  # the chosen general models, a fresh optimizer, the same mix
+  for pair in "de en" "en de"; do
+    set -- $pair
+    run $1-$2-general-continued --train $TATOEBA/train --train $DATA/train:3 --src $1 --tgt $2 \
+      --init-from .devdata/init/$1-$2.safetensors --warmup-steps 50 $GENERAL
+  done
+elif [ "${ONLY:-}" = en-de ]; then  # a second, shorter session for en-de alone
   run en-de-luong-drop5  $COMMON --src en --tgt de $ATT --dropout 0.5 --keep-checkpoints 5
   run en-de-luong-drop4  $COMMON --src en --tgt de $ATT --dropout 0.4 --keep-checkpoints 5
 elif [ "${ONLY:-}" = speed ]; then
@@ -67,30 +89,53 @@ wait $RUNS
 nvidia-smi --query-gpu=memory.used --format=csv >> logs/machine.txt
 
 # -- for each candidate: best checkpoint vs average of the last 5, scored on val at beam 5
-score() {  # checkpoint, src, tgt -> BLEU on val
-  $MT evaluate --model "$1" --src $DATA/val.$2.gz --ref $DATA/val.$3.gz --beam 5 --json --device $DEVICE 2>/dev/null \
+score() {  # checkpoint, src, tgt[, prefix of the validation set] -> BLEU
+  local set=${4:-$DATA/val}
+  $MT evaluate --model "$1" --src $set.$2.gz --ref $set.$3.gz --beam 5 --json --device $DEVICE 2>/dev/null \
     | python3 -c "import json,sys; print(json.load(sys.stdin)['bleu'])"
+}
+# -- the general models: the mean of val BLEU on Tatoeba dev and Multi30k val, beam 5
+score_general() {  # checkpoint, src, tgt -> mean BLEU of the two validation sets
+  local a b
+  a=$(score "$1" $2 $3 $TATOEBA/dev) b=$(score "$1" $2 $3)
+  python3 -c "print(round(($a + $b) / 2, 2), $a, $b)"
 }
 pick() {  # shipped name, src, tgt, candidate runs...
   local name=$1 src=$2 tgt=$3; shift 3
-  local best_score=-1 best_path=""
+  local best_score=-1 best_path="" candidates="" scoring=""
   for run in "$@"; do
     $MT average runs/$run/step-*.safetensors --output runs/$run/averaged.safetensors 2>/dev/null
-    for candidate in runs/$run/best.safetensors runs/$run/averaged.safetensors; do
-      local s; s=$(score $candidate $src $tgt)
-      echo "$name $candidate val-beam5 $s" | tee -a logs/selection.txt
-      if python3 -c "import sys; sys.exit(0 if float('${s:--1}') > float('$best_score') else 1)"; then
-        best_score=$s; best_path=$candidate
-      fi
-    done
+    candidates="$candidates runs/$run/best.safetensors runs/$run/averaged.safetensors"
+  done
+  for candidate in $candidates; do  # scored side by side: the GPU has room for all of them
+    $SCORE $candidate $src $tgt > $candidate.score & scoring="$scoring $!"
+  done
+  wait $scoring
+  for candidate in $candidates; do
+    local s; s=$(cut -d" " -f1 < $candidate.score)
+    echo "$name $candidate val-beam5 $(cat $candidate.score)" | tee -a logs/selection.txt
+    if python3 -c "import sys; sys.exit(0 if float('${s:--1}') > float('$best_score') else 1)"; then
+      best_score=$s; best_path=$candidate
+    fi
   done
   echo "$name chosen $best_path $best_score" | tee -a logs/selection.txt
   $MT average "$best_path" --output runs/$name.safetensors --fp16
-  echo "fp16 $(score runs/$name.safetensors $src $tgt)" | sed "s/^/$name /" | tee -a logs/selection.txt
+  echo "fp16 $($SCORE runs/$name.safetensors $src $tgt)" | sed "s/^/$name /" | tee -a logs/selection.txt
   split -b 15000000 runs/$name.safetensors "$OUT/$name.part-"
 }
+SCORE=score
 if [ "${ONLY:-}" = speed ]; then
   :  # nothing to ship: the log is the result
+elif [ "${ONLY:-}" = general ]; then
+  SCORE=score_general
+  pick de-en de en de-en-general de-en-general-m3 & PICKS="$!"
+  pick en-de en de en-de-general en-de-general-m3 & PICKS="$PICKS $!"
+  wait $PICKS
+elif [ "${ONLY:-}" = continue ]; then
+  SCORE=score_general
+  pick de-en de en de-en-general-continued & PICKS="$!"
+  pick en-de en de en-de-general-continued & PICKS="$PICKS $!"
+  wait $PICKS
 elif [ "${ONLY:-}" = en-de ]; then
   pick en-de en de en-de-luong-drop5 en-de-luong-drop4
 else

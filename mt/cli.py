@@ -103,8 +103,18 @@ LengthPenaltyOption = Annotated[
     float, typer.Option("--length-penalty", help="GNMT length penalty alpha: 0 ranks by raw log-probability, 1 normalises by length.")
 ]
 DeviceOption = Annotated[Device, typer.Option(help="Where to run: auto picks CUDA when available.")]
-TrainOption = Annotated[str, typer.Option(help="Training corpus: a file prefix, a .tsv file, or hf:NAME[@SPLIT].")]
-ValidOption = Annotated[str, typer.Option(help="Validation corpus, same forms as --train.")]
+TrainOption = Annotated[
+    list[str],
+    typer.Option(
+        help="Training corpus: a file prefix, a .tsv file, or hf:NAME[@SPLIT]; repeat to mix corpora, "
+        "PATH:N to take a corpus N times per epoch (upsampling)."
+    ),
+]
+ValidOption = Annotated[
+    list[str], typer.Option(help="Validation corpus, same forms as --train; repeat for several sets (the mean BLEU selects the model).")
+]
+DEFAULT_TRAIN = ["data/multi30k/train"]
+DEFAULT_VALID = ["data/multi30k/val"]
 SrcOption = Annotated[str, typer.Option(help="Source language (file suffix or dataset key).")]
 TgtOption = Annotated[str, typer.Option(help="Target language (file suffix or dataset key).")]
 TokenizerOption = Annotated[Optional[Path], typer.Option(help="Tokenizer directory. [default: data/tokenizers/SRC-TGT]")]
@@ -133,7 +143,7 @@ def prepare_data_cli(
 @app.command("train-tokenizer")
 @user_errors
 def train_tokenizer_cli(
-    train: TrainOption = "data/multi30k/train",
+    train: TrainOption = DEFAULT_TRAIN,
     src: SrcOption = "de",
     tgt: TgtOption = "en",
     vocab_size: Annotated[int, typer.Option(help="Subword vocabulary size (per tokenizer).")] = 8000,
@@ -145,24 +155,28 @@ def train_tokenizer_cli(
     output: Annotated[Optional[Path], typer.Option(help="Output directory. [default: data/tokenizers/SRC-TGT]")] = None,
     seed: Annotated[int, typer.Option(help="Random seed for SentencePiece's sampling.")] = 1,
 ):
-    """Train SentencePiece tokenizers on the training side of a corpus.
+    """Train SentencePiece tokenizers on the training side of one or more corpora.
 
-    Example: mt train-tokenizer --train data/multi30k/train --src de --tgt en --vocab-size 8000
+    Several corpora are mixed as mt train mixes them (PATH:N counts a corpus N
+    times), and the tokenizer learns from a random sample of the mixture.
+
+    Example: mt train-tokenizer --train data/tatoeba/deu-eng/train --train data/multi30k/train --src de --tgt en
     """
-    from mt.data import iter_sentences, load_corpus
+    from mt.data import CorpusSpec, load_corpus, mixture_sentences
     from mt.tokenizer import TokenizerPair, train_sentencepiece
 
     if vocab_size < 8:
         raise MTError(f"--vocab-size must be >= 8, got {vocab_size}")
     if max_sentences <= 100:  # SentencePiece's smallest sample
         raise MTError(f"--max-sentences must be > 100, got {max_sentences}")
-    corpus = load_corpus(train, src, tgt)
+    specs = [CorpusSpec.parse(text) for text in train]
+    corpora = [(load_corpus(spec.spec, src, tgt), spec.factor) for spec in specs]
     options = dict(vocab_size=vocab_size, model_type=model_type.value, seed=seed, input_sentence_size=max_sentences)
     if joint:
-        source = target = train_sentencepiece(iter_sentences(corpus, ["source", "target"]), **options)
+        source = target = train_sentencepiece(mixture_sentences(corpora, ["source", "target"]), **options)
     else:
-        source = train_sentencepiece(iter_sentences(corpus, ["source"]), **options)
-        target = train_sentencepiece(iter_sentences(corpus, ["target"]), **options)
+        source = train_sentencepiece(mixture_sentences(corpora, ["source"]), **options)
+        target = train_sentencepiece(mixture_sentences(corpora, ["target"]), **options)
     output = output or Path("data/tokenizers") / f"{src}-{tgt}"
     TokenizerPair(source, target).save(output)
     kind = "joint" if joint else "separate"
@@ -172,8 +186,9 @@ def train_tokenizer_cli(
 @app.command("train")
 @user_errors
 def train_cli(
-    train: TrainOption = "data/multi30k/train",
-    valid: ValidOption = "data/multi30k/val",
+    ctx: typer.Context,
+    train: TrainOption = DEFAULT_TRAIN,
+    valid: ValidOption = DEFAULT_VALID,
     src: SrcOption = "de",
     tgt: TgtOption = "en",
     tokenizer: TokenizerOption = None,
@@ -212,11 +227,21 @@ def train_cli(
     ] = False,
     seed: SeedOption = 1,
     device: DeviceOption = Device.auto,
+    init_from: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Start from this trained model's weights, tokenizer and architecture (fine-tuning), "
+            "with a fresh optimizer and schedule; architecture options must agree with it."
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Start afresh even if the run directory holds a finished run.")] = False,
 ):
     """Train an encoder-decoder; keeps the best (by validation BLEU) and the last checkpoint.
 
     Re-running the same command on the same --output resumes an interrupted run.
+    Several --train corpora are mixed into one (PATH:N: N copies per epoch);
+    with several --valid sets, the mean of their BLEU selects the best model.
+    --init-from fine-tunes a trained model (e.g. on a new domain) in a new run.
     Under torchrun (torchrun --nproc-per-node N -m mt train ...) it trains on N
     workers; see the README.
 
@@ -230,7 +255,6 @@ def train_cli(
 
     from mt import distributed
     from mt.config import ModelConfig, TrainConfig
-    from mt.data import corpus_fingerprint
     from mt.tokenizer import TokenizerPair
     from mt.train import Interrupted, Trainer, progress_bar
 
@@ -254,7 +278,16 @@ def train_cli(
         keep_checkpoints=keep_checkpoints,
         bf16=bf16,
     )
-    tokenizers = TokenizerPair.load(tokenizer or Path("data/tokenizers") / f"{src}-{tgt}")
+    parent = None
+    if init_from is not None:
+        from mt.checkpoint import load_checkpoint
+
+        parent = load_checkpoint(init_from)
+        if _given(ctx, "tokenizer"):
+            raise MTError("--tokenizer cannot be combined with --init-from: the model keeps its checkpoint's tokenizer")
+        tokenizers = parent.tokenizers
+    else:
+        tokenizers = TokenizerPair.load(tokenizer or Path("data/tokenizers") / f"{src}-{tgt}")
     model_config = ModelConfig(
         src_vocab_size=tokenizers.source.vocab_size,
         tgt_vocab_size=tokenizers.target.vocab_size,
@@ -270,6 +303,8 @@ def train_cli(
         tie_embeddings=tie_embeddings,
         share_embeddings=share_embeddings,
     )
+    if parent is not None:
+        model_config = _inherit_architecture(ctx, parent.model.config, model_config)
     output = output or Path("runs") / f"{src}-{tgt}"
     if output.exists() and not output.is_dir():
         raise MTError(f"--output {output} is a file; the run needs a directory")
@@ -292,13 +327,13 @@ def train_cli(
         # Only the first worker reports; the others would repeat every line.
         err = _stderr_console() if workers.is_main else _stderr_console(quiet=True)
         with distributed.main_first():  # the first worker tokenizes into the datasets cache
-            train_data, corpus, validation = _training_data(train, valid, src, tgt, tokenizers, max_length, err)
+            corpus, validation, train_corpora = _training_data(train, valid, src, tgt, tokenizers, max_length, err)
         info = {
             "source_language": src,
             "target_language": tgt,
-            "train_corpus": train,
-            "train_fingerprint": corpus_fingerprint(train, src, tgt, train_data),
-            "valid_corpus": valid,
+            "train_corpora": train_corpora,
+            "valid_corpora": list(validation),
+            "init_from": _parent_record(init_from, parent) if parent else None,
             "seed": seed,
             "workers": workers.world_size,
             "command": " ".join(["mt", *sys.argv[1:]]) if Path(sys.argv[0]).name in ("mt", "__main__.py") else None,
@@ -311,6 +346,8 @@ def train_cli(
             },
         }
         trainer = Trainer(model_config, train_config, tokenizers, corpus, validation, output, device_, info, err)
+        if parent is not None:
+            trainer.model.load_state_dict(parent.model.state_dict())
         if resume:
             trainer.resume()
             err.print(f"resuming {output} at step {trainer.state.step} (epoch {trainer.state.epoch + 1})")
@@ -328,21 +365,83 @@ def train_cli(
         distributed.stop()
 
 
-def _training_data(train: str, valid: str, src: str, tgt: str, tokenizers, max_length: int, err):
-    """Read and tokenize the training corpus and read the validation corpus; report what the filter dropped."""
-    from mt.data import load_corpus, tokenize_corpus
+# ModelConfig fields that make the architecture, by the option that sets each.
+ARCHITECTURE_OPTIONS = {
+    "embedding_size": "embedding_size",
+    "hidden_size": "hidden_size",
+    "num_layers": "layers",
+    "cell": "cell",
+    "attention": "attention",
+    "bidirectional": "bidirectional",
+    "reverse_source": "reverse_source",
+    "tie_embeddings": "tie_embeddings",
+    "share_embeddings": "share_embeddings",
+}
+
+
+def _given(ctx: typer.Context, parameter: str) -> bool:
+    """Whether the user gave this option (rather than leaving its default)."""
+    source = ctx.get_parameter_source(parameter)  # compared by name: typer may bring its own click
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT", "PROMPT")
+
+
+def _inherit_architecture(ctx: typer.Context, parent, requested):
+    """The parent checkpoint's architecture, with this run's dropout and cell
+    implementation; an architecture option given with another value is an error."""
+    for field, option in ARCHITECTURE_OPTIONS.items():
+        mine, theirs = getattr(requested, field), getattr(parent, field)
+        if _given(ctx, option) and mine != theirs:
+            flag = "--" + option.replace("_", "-")
+            raise MTError(f"{flag} {mine} conflicts with --init-from, whose model has {theirs}; leave the option out")
+    return dataclasses.replace(parent, dropout=requested.dropout, cell_impl=requested.cell_impl)
+
+
+def _parent_record(path: Path, parent) -> dict:
+    """Where a fine-tuned model came from, for its provenance."""
+    import hashlib
+
+    from mt.checkpoint import resolve
+
+    file = resolve(path)
+    with open(file, "rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    keys = ("source_language", "target_language", "train_corpora", "step", "command")
+    return {"path": str(file), "sha256": digest, **{key: parent.info[key] for key in keys if key in parent.info}}
+
+
+def _training_data(train: list[str], valid: list[str], src: str, tgt: str, tokenizers, max_length: int, err):
+    """Read and tokenize the training corpora (mixed by their upsampling factors)
+    and read the validation sets; report what the length filter dropped.
+    Returns the mixed corpus, the validation sets by name and, per training
+    corpus, its spec, factor and fingerprint (for the checkpoint's provenance)."""
+    from mt.data import CorpusSpec, TokenizedCorpus, corpus_fingerprint, load_corpus, tokenize_corpus
 
     if not err.is_terminal:  # keep logs free of progress-bar redraws
         import datasets
 
         datasets.disable_progress_bars()
-    train_data = load_corpus(train, src, tgt)
-    valid_data = load_corpus(valid, src, tgt)
-    corpus = tokenize_corpus(train_data, tokenizers, max_length)
-    if not len(corpus):
-        raise MTError(f"no training pairs left after filtering empty and longer than {max_length} subwords")
-    err.print(f"training pairs: {len(corpus):,} kept, {corpus.dropped:,} dropped (empty or longer than {max_length} subwords)")
-    return train_data, corpus, (valid_data["source"], valid_data["target"])
+    for name, specs in (("--train", train), ("--valid", valid)):
+        if len(set(specs)) < len(specs):
+            raise MTError(f"{name}: the same corpus is given twice; use PATH:N to weight a training corpus")
+    specs = [CorpusSpec.parse(text) for text in train]
+    validation = {}
+    for spec in valid:
+        valid_data = load_corpus(spec, src, tgt)
+        validation[spec] = (valid_data["source"], valid_data["target"])
+    parts, provenance = [], []
+    for spec in specs:
+        train_data = load_corpus(spec.spec, src, tgt)
+        part = tokenize_corpus(train_data, tokenizers, max_length)
+        if not len(part):
+            raise MTError(f"{spec.spec}: no training pairs left after filtering empty and longer than {max_length} subwords")
+        times = f", taken {spec.factor} times per epoch" if spec.factor > 1 else ""
+        err.print(
+            f"training pairs of {spec.spec}: {len(part):,} kept, {part.dropped:,} dropped "
+            f"(empty or longer than {max_length} subwords){times}"
+        )
+        parts.append((part, spec.factor))
+        provenance.append({"corpus": spec.spec, "factor": spec.factor, "fingerprint": corpus_fingerprint(spec.spec, src, tgt, train_data)})
+    return TokenizedCorpus.mix(parts), validation, provenance
 
 
 def _stderr_console(quiet: bool = False):
@@ -634,8 +733,8 @@ def _short_names(paths: list[Path]) -> list[str]:
 @app.command("compare")
 @user_errors
 def compare_cli(
-    train: TrainOption = "data/multi30k/train",
-    valid: ValidOption = "data/multi30k/val",
+    train: TrainOption = DEFAULT_TRAIN,
+    valid: ValidOption = DEFAULT_VALID,
     src: SrcOption = "de",
     tgt: TgtOption = "en",
     tokenizer: TokenizerOption = None,
@@ -672,7 +771,7 @@ def compare_cli(
     )
     train_config = TrainConfig(batch_tokens=batch_tokens, max_minutes=minutes, max_epochs=1000, patience=0, validate_every=validate_every, seed=seed)
     err = _stderr_console()
-    _, corpus, validation = _training_data(train, valid, src, tgt, tokenizers, train_config.max_length, err)
+    corpus, validation, _ = _training_data(train, valid, src, tgt, tokenizers, train_config.max_length, err)
     with progress_bar(err) as progress:
         rows = compare_cells(config, train_config, tokenizers, corpus, validation, output, resolve_device(device), progress=progress)
     (output / "compare.json").write_text(json.dumps(rows, indent=2) + "\n")

@@ -10,6 +10,9 @@ A corpus is named by a *spec* string:
   column per language (`de`, `en`), or a `translation` dict column as in the
   WMT datasets.
 
+Training may mix several corpora; a spec may end in `:N`, an upsampling
+factor: each epoch holds every pair of that corpus N times (`CorpusSpec`).
+
 Every reader returns a `datasets.Dataset` with the columns `source` and
 `target`, backed by an Arrow file that is memory-mapped (text files are
 written to one in the `datasets` cache first), so that a corpus larger than
@@ -195,6 +198,26 @@ def load_corpus(spec: str, src_lang: str, tgt_lang: str) -> datasets.Dataset:
     return dataset
 
 
+@dataclass(frozen=True)
+class CorpusSpec:
+    """A corpus spec and its upsampling factor: `PATH`, or `PATH:N` for N copies per epoch."""
+
+    spec: str
+    factor: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> CorpusSpec:
+        base, colon, tail = text.rpartition(":")
+        if colon and base and tail.isdigit():
+            if int(tail) < 1:
+                raise MTError(f"corpus {text!r}: the upsampling factor after ':' must be >= 1")
+            return cls(base, int(tail))
+        return cls(text)
+
+    def __str__(self) -> str:
+        return self.spec if self.factor == 1 else f"{self.spec}:{self.factor}"
+
+
 def iter_sentences(dataset: datasets.Dataset, columns: Sequence[str]) -> Iterator[str]:
     """The texts of `columns`, read from the dataset a block at a time."""
     for block in dataset.iter(batch_size=10_000):
@@ -212,6 +235,14 @@ def corpus_fingerprint(spec: str, src_lang: str, tgt_lang: str, dataset: dataset
         with open(path, "rb") as handle:
             hashlib.file_digest(handle, lambda: digest)
     return f"sha256:{digest.hexdigest()}"
+
+
+def mixture_sentences(corpora: Sequence[tuple[datasets.Dataset, int]], columns: Sequence[str]) -> Iterator[str]:
+    """The texts of several corpora, each repeated by its upsampling factor: a
+    tokenizer sampling from this stream sees the languages mixed as training does."""
+    for dataset, factor in corpora:
+        for _ in range(factor):
+            yield from iter_sentences(dataset, columns)
 
 
 @dataclass(frozen=True)
@@ -235,6 +266,19 @@ class TokenizedCorpus:
 
     def __len__(self) -> int:
         return len(self.lengths)
+
+    @classmethod
+    def mix(cls, parts: Sequence[tuple[TokenizedCorpus, int]]) -> TokenizedCorpus:
+        """One corpus of several, each repeated by its upsampling factor. The
+        Arrow tables are concatenated, not copied: N copies cost N length tensors."""
+        import datasets
+
+        if len(parts) == 1 and parts[0][1] == 1:
+            return parts[0][0]
+        copies = [corpus for corpus, factor in parts for _ in range(factor)]
+        pairs = datasets.concatenate_datasets([corpus.pairs for corpus in copies])
+        lengths = torch.cat([corpus.lengths for corpus in copies])
+        return cls(pairs, lengths, sum(corpus.dropped for corpus, _ in parts))
 
     def ids(self, indices: torch.Tensor) -> tuple[list[list[int]], list[list[int]]]:
         """Source and target ids of the pairs at `indices`."""

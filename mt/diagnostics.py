@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -244,7 +244,7 @@ def compare_cells(
     train_config: TrainConfig,
     tokenizers: TokenizerPair,
     corpus: TokenizedCorpus,
-    validation: tuple[Sequence[str], Sequence[str]],
+    validation: Mapping[str, tuple[Sequence[str], Sequence[str]]],
     output: Path,
     device: torch.device,
     cells: Sequence[str] = ("rnn", "gru", "lstm"),
@@ -261,7 +261,7 @@ def compare_cells(
     from mt.train import Trainer
 
     budget = Seq2Seq(dataclasses.replace(config, cell="lstm")).num_parameters()
-    sources, references = validation
+    sources, references = next(iter(validation.values()))  # speed and gradients on the first set
     rows = []
     for cell in cells:
         cell_config = dataclasses.replace(config, cell=cell)

@@ -2,7 +2,7 @@
 validation by BLEU, checkpoints that survive interruption.
 
 A run lives in one output directory:
-    best.safetensors   the checkpoint with the highest validation BLEU
+    best.safetensors   the checkpoint with the highest validation BLEU (the mean over the validation sets)
     last.safetensors   the latest checkpoint, with the trainer's state for resuming
     log.jsonl          one JSON record per validation
 
@@ -27,7 +27,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,7 +145,7 @@ class Trainer:
         train_config: TrainConfig,
         tokenizers: TokenizerPair,
         corpus: TokenizedCorpus,
-        validation: tuple[Sequence[str], Sequence[str]],
+        validation: Mapping[str, tuple[Sequence[str], Sequence[str]]],
         output: Path,
         device: torch.device,
         info: dict[str, Any],
@@ -155,7 +155,9 @@ class Trainer:
         self.config = train_config
         self.tokenizers = tokenizers
         self.corpus = corpus
-        self.validation_sources, self.validation_references = validation
+        self.validation = dict(validation)  # set name -> (sources, references)
+        if not self.validation:
+            raise MTError("training needs at least one validation set")
         self.output = Path(output)
         self.device = device
         self.info = info
@@ -228,10 +230,11 @@ class Trainer:
     # -- validation --------------------------------------------------------
 
     @torch.inference_mode()
-    def validation_loss(self) -> float:
+    def validation_loss(self, sources: Sequence[str], references: Sequence[str]) -> float:
+        """Mean cross-entropy per target token (no label smoothing) of one validation set."""
         self.model.eval()
-        encoded_src = self.tokenizers.source.encode(self.validation_sources)
-        encoded_tgt = self.tokenizers.target.encode(self.validation_references)
+        encoded_src = self.tokenizers.source.encode(sources)
+        encoded_tgt = self.tokenizers.target.encode(references)
         cfg = self.model_config
         pairs = [(s[: cfg.max_source_length - 1], t) for s, t in zip(encoded_src, encoded_tgt) if s and t]
         total, tokens = 0.0, 0
@@ -247,15 +250,21 @@ class Trainer:
         return total / max(tokens, 1)
 
     def validate(self) -> dict[str, Any]:
-        """Validation loss and BLEU; keeps the best checkpoint, adapts the learning rate."""
-        loss = self.validation_loss()
-        hypotheses = self.translator.translate(self.validation_sources, self.validation_decode)
-        bleu = score(hypotheses, self.validation_references)["bleu"]
+        """Validation loss and BLEU of every set, and their means: the mean BLEU
+        selects the best checkpoint and drives the learning-rate decay."""
+        per_set = {}
+        for name, (sources, references) in self.validation.items():
+            hypotheses = self.translator.translate(sources, self.validation_decode)
+            per_set[name] = {
+                "loss": round(self.validation_loss(sources, references), 4),
+                "bleu": score(hypotheses, references)["bleu"],
+            }
+        bleu = round(sum(s["bleu"] for s in per_set.values()) / len(per_set), 2)
         state = self.state
         record = {
             "step": state.step,
             "epoch": state.epoch,
-            "validation_loss": round(loss, 4),
+            "validation_loss": round(sum(s["loss"] for s in per_set.values()) / len(per_set), 4),
             "validation_bleu": bleu,
             "learning_rate": state.learning_rate,
             "elapsed_seconds": round(state.elapsed_seconds, 1),
@@ -264,6 +273,8 @@ class Trainer:
             "clipped_steps": state.clipped_steps,
             "skipped_steps": state.skipped_steps,
         }
+        if len(per_set) > 1:
+            record["validation_sets"] = per_set
         if self.config.keep_checkpoints:
             self._save_numbered()
         if bleu > state.best_bleu:
@@ -428,9 +439,11 @@ class Trainer:
             record = self.validate()
             self.save_last()
             mark = " (best)" if record.get("best") else ""
+            sets = record.get("validation_sets", {})
+            per_set = " (" + ", ".join(f"{name} {s['bleu']:.2f}" for name, s in sets.items()) + ")" if sets else ""
             line = (
                 f"step {record['step']}  epoch {record['epoch']}  valid loss {record['validation_loss']:.3f}  "
-                f"valid BLEU {record['validation_bleu']:.2f}{mark}  lr {record['learning_rate']:.2e}"
+                f"valid BLEU {record['validation_bleu']:.2f}{per_set}{mark}  lr {record['learning_rate']:.2e}"
             )
             (progress.console if progress else self.console).print(line)
         # Best BLEU, learning rate, patience and history, as the first worker has them.

@@ -75,7 +75,7 @@ def job(tokenizers, corpus_pairs) -> dict:
         "proto": tokenizers.source.model_proto,
         "source_ids": tokenizers.source.encode(list(sources)),
         "target_ids": tokenizers.target.encode(list(targets)),
-        "validation": (list(sources[:6]), list(targets[:6])),
+        "validation": {"valid": (list(sources[:6]), list(targets[:6]))},
     }
 
 

@@ -31,7 +31,7 @@ def make_trainer(tokenizers, corpus_pairs, output: Path, **train_options) -> Tra
     model_config = ModelConfig(src_vocab_size=tokenizers.source.vocab_size, tgt_vocab_size=tokenizers.target.vocab_size, **TINY)
     options = dict(batch_tokens=200, max_steps=12, validate_every=4, seed=3, patience=0)
     options.update(train_options)
-    validation = ([s for s, _ in corpus_pairs[:6]], [t for _, t in corpus_pairs[:6]])
+    validation = {"valid": ([s for s, _ in corpus_pairs[:6]], [t for _, t in corpus_pairs[:6]])}
     return Trainer(
         model_config, TrainConfig(**options), tokenizers, TokenizedCorpus.from_ids(sources, targets), validation, output, torch.device("cpu"), {}
     )
