@@ -146,7 +146,8 @@ def translation(options: dict) -> dict:
     """mt's batched translation of the test set, as `mt evaluate` does it."""
     from mt.checkpoint import load_checkpoint
     from mt.config import DecodeConfig
-    from mt.evaluate import Translator, score
+    from mt.evaluate import score
+    from mt.translator import Translator
     from mt.model import quantize_int8
 
     sources, references = _test_set(options)

@@ -452,16 +452,9 @@ def _stderr_console(quiet: bool = False):
 
 
 def _load_translator(model: Optional[Path], device: Device, quantize: bool):
-    from mt.checkpoint import load_checkpoint
-    from mt.evaluate import Translator
-    from mt.model import quantize_int8
+    from mt.translator import Translator
 
-    device_ = resolve_device(device)
-    if quantize and device_.type != "cpu":
-        raise MTError(f"--quantize runs on the CPU only; add --device cpu (the model would run on {device_.type})")
-    checkpoint = load_checkpoint(model or default_model(), device_)
-    network = quantize_int8(checkpoint.model) if quantize else checkpoint.model
-    return Translator(network, checkpoint.tokenizers, device_, warn=lambda m: typer.echo(f"warning: {m}", err=True))
+    return Translator.from_checkpoint(model or default_model(), resolve_device(device), quantize)
 
 
 def _decode_config(beam: int, length_penalty: float):
@@ -561,10 +554,17 @@ def translate_cli(
     length_penalty: LengthPenaltyOption = 1.0,
     n_best: Annotated[int, typer.Option(help="Show the N best translations with their scores (interactive).")] = 1,
     show_attention: Annotated[bool, typer.Option(help="Show the source-target attention (interactive, attention models).")] = False,
+    split: Annotated[
+        bool, typer.Option("--split/--no-split", help="Translate a text of several sentences sentence by sentence.")
+    ] = True,
     device: DeviceOption = Device.auto,
     quantize: QuantizeOption = False,
 ):
-    """Translate sentences: from arguments, from a pipe (one per line), or interactively.
+    """Translate text: from arguments, from a pipe (one line out per line in), or interactively.
+
+    A text of several sentences is split into sentences, translated as one
+    batch and put back together with its own spaces and line breaks; a
+    sentence longer than the model reads well is translated in pieces.
 
     \b
     Examples:
@@ -577,19 +577,19 @@ def translate_cli(
         raise MTError(f"--n-best must be between 1 and --beam ({beam}), got {n_best}")
     translator = _load_translator(model, device, quantize)
     if text:
-        for translation in translator.translate(text, decode):
-            typer.echo(_one_line(translation))
+        for translation in translator.translate(text, decode, split):
+            typer.echo(translation)
         return
     if not sys.stdin.isatty():
         # All of stdin at once: the translator sorts it by length into full batches.
-        for translation in translator.translate(_read_stdin_lines(), decode):
+        for translation in translator.translate(_read_stdin_lines(), decode, split):
             sys.stdout.write(_one_line(translation) + "\n")
         sys.stdout.flush()
         return
-    _interactive(translator, decode, n_best, show_attention)
+    _interactive(translator, decode, n_best, show_attention, split)
 
 
-def _interactive(translator, decode, n_best: int, show_attention: bool) -> None:
+def _interactive(translator, decode, n_best: int, show_attention: bool, split: bool) -> None:
     import readline  # noqa: F401  (line editing and history for input())
 
     history = Path.home() / ".mt_history"
@@ -604,7 +604,7 @@ def _interactive(translator, decode, n_best: int, show_attention: bool) -> None:
             line = input("> ")
             if not line.strip():
                 continue
-            candidates = translator.translate_n_best([line], decode, n_best)[0]
+            candidates = translator.translate_n_best([line], decode, n_best, split)[0]
             typer.echo(_one_line(candidates[0].text))
             if n_best > 1:
                 for rank, candidate in enumerate(candidates, start=1):

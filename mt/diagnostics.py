@@ -137,7 +137,7 @@ def inspect_model(
     """Gradient flow and gate statistics on the pairs, and the attention the
     model gives its beam-5 translation of `sentence` (default: the first source)."""
     from mt.config import DecodeConfig
-    from mt.evaluate import Translator
+    from mt.translator import Translator
 
     config = model.config
     batch = pair_batch(config, tokenizers, sources, references)
@@ -257,7 +257,7 @@ def compare_cells(
 
     from mt.checkpoint import load_checkpoint
     from mt.config import DecodeConfig
-    from mt.evaluate import Translator
+    from mt.translator import Translator
     from mt.train import Trainer
 
     budget = Seq2Seq(dataclasses.replace(config, cell="lstm")).num_parameters()

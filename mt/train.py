@@ -43,7 +43,8 @@ from mt import distributed
 from mt.checkpoint import load_checkpoint, save_checkpoint
 from mt.config import DecodeConfig, ModelConfig, MTError, TrainConfig
 from mt.data import TokenizedCorpus, collate, make_batches
-from mt.evaluate import Translator, score
+from mt.evaluate import score
+from mt.translator import Translator
 from mt.model import Seq2Seq
 from mt.tokenizer import TokenizerPair
 

@@ -13,10 +13,9 @@ from safetensors.torch import save_file
 
 from mt.checkpoint import FILENAME, average_checkpoints, load_checkpoint, save_checkpoint
 from mt.config import DecodeConfig, ModelConfig, MTError
-from mt.evaluate import Translator, score
-from mt.data import source_tensors
+from mt.evaluate import score
+from mt.translator import Translator
 from mt.model import Seq2Seq
-from mt.search import search
 from mt.tokenizer import TokenizerPair, train_sentencepiece
 
 INFO = {"source_language": "de", "target_language": "en"}
@@ -323,20 +322,3 @@ def test_translator_keeps_line_order_and_maps_empty_lines_to_empty(model, tokeni
     for line, translation in zip(lines, translations):
         if line.strip():
             assert translator.translate([line], decode) == [translation]
-
-
-def test_translator_truncates_overlong_lines_with_a_warning(tokenizers, corpus_pairs):
-    model = tiny_model(tokenizers.source.vocab_size, max_source_length=12)
-    warnings: list[str] = []
-    translator = Translator(model, tokenizers, warn=warnings.append)
-    short_line, long_line = corpus_pairs[0][0], " ".join(de for de, _ in corpus_pairs[:3])
-    short_ids, long_ids = tokenizers.source.encode([short_line, long_line])
-    assert len(short_ids) <= 11 < len(long_ids)
-    decode = DecodeConfig(beam_size=1, max_length_offset=3)
-
-    translations = translator.translate([short_line, long_line], decode)
-
-    assert len(warnings) == 1 and "input line 2" in warnings[0]
-    source, lengths = source_tensors([long_ids[:11]], model.config.pad_id, model.config.eos_id)
-    (hypotheses,) = search(model, source, lengths, decode)
-    assert translations[1] == tokenizers.target.decode([hypotheses[0].tokens])[0]

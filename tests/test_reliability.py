@@ -18,7 +18,7 @@ from mt import checkpoint as checkpoint_module
 from mt.checkpoint import load_checkpoint, save_checkpoint
 from mt.config import DecodeConfig, ModelConfig, MTError, TrainConfig
 from mt.data import TokenizedCorpus
-from mt.evaluate import Translator
+from mt.translator import Translator
 from mt.model import Seq2Seq
 from mt.train import Interrupted, Trainer
 
@@ -152,14 +152,6 @@ def test_any_unicode_input_gives_one_single_line_output_per_input(tiny_translato
     for line, output in zip(lines, outputs):
         if not line.strip():
             assert output == ""
-
-
-def test_too_long_input_is_truncated_with_a_warning(tokenizers, tiny_translator):
-    warnings = []
-    translator = Translator(tiny_translator.model, tokenizers, warn=warnings.append)
-    outputs = translator.translate(["Der Hund ist rot . " * 40, "Die Katze schläft ."], DecodeConfig(beam_size=2))
-    assert len(outputs) == 2
-    assert len(warnings) == 1 and "line 1" in warnings[0]
 
 
 # -- real processes: Ctrl-C and kill -9 during `mt train`, then resume ------------------------

@@ -1,0 +1,105 @@
+"""The translator: sentence splitting, rejoining, and long sentences in pieces."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mt.config import DecodeConfig, ModelConfig
+from mt.model import Seq2Seq
+from mt.translator import Translator, split_sentences
+
+DECODE = DecodeConfig(beam_size=2, max_length_offset=3)
+
+
+@pytest.fixture(scope="module")
+def translator(tokenizers) -> Translator:
+    torch.manual_seed(0)
+    config = ModelConfig(
+        src_vocab_size=tokenizers.source.vocab_size,
+        tgt_vocab_size=tokenizers.target.vocab_size,
+        embedding_size=16,
+        hidden_size=24,
+        num_layers=1,
+        attention="luong",
+    )
+    return Translator(Seq2Seq(config).eval(), tokenizers, source_language="de", max_tokens=12)
+
+
+@pytest.mark.parametrize(
+    ("text", "language", "sentences"),
+    [
+        ("Ich mag Obst, z. B. Äpfel. Was magst du?", "de", ["Ich mag Obst, z. B. Äpfel. ", "Was magst du?"]),
+        ("Dr. Müller kommt morgen. Er bringt Kuchen.", "de", ["Dr. Müller kommt morgen. ", "Er bringt Kuchen."]),
+        ("Das Haus Nr. 5 kostete 3.5 Mio. Euro. Es ist alt.", "de", ["Das Haus Nr. 5 kostete 3.5 Mio. Euro. ", "Es ist alt."]),
+        ("Er sagte: „Komm!“ Dann ging er.", "de", ["Er sagte: „Komm!“ ", "Dann ging er."]),
+        ("Am 3. Oktober ist Feiertag. Wir haben frei.", "de", ["Am 3. Oktober ist Feiertag. ", "Wir haben frei."]),
+        ("Ich weiß nicht... Vielleicht morgen.", "de", ["Ich weiß nicht... ", "Vielleicht morgen."]),
+        ("Hallo wie geht es dir", "de", ["Hallo wie geht es dir"]),
+        ("Mr. Smith arrived at 5 p.m. yesterday. He was tired.", "en", ["Mr. Smith arrived at 5 p.m. yesterday. ", "He was tired."]),
+        ("I like fruit, e.g. apples. And you?", "en", ["I like fruit, e.g. apples. ", "And you?"]),
+    ],
+)
+def test_sentence_splitter_handles_abbreviations_numbers_quotes_and_ellipses(text, language, sentences):
+    assert split_sentences(text, language) == sentences
+
+
+@given(st.text(max_size=200))
+def test_split_sentences_concatenate_to_the_input(text):
+    assert "".join(split_sentences(text, "de")) == text
+
+
+def test_several_sentences_are_translated_one_by_one_and_rejoined_with_their_separators(translator, corpus_pairs):
+    first, second, third = (pair[0] for pair in corpus_pairs[:3])
+    text = f"  {first}  {second}\t{third} "
+    one_by_one = translator.translate([first, second, third], DECODE)
+
+    (joined,) = translator.translate([text], DECODE, split=True)
+
+    assert joined == f"  {one_by_one[0]}  {one_by_one[1]}\t{one_by_one[2]} "
+    assert translator.translate([text], DECODE) != [joined]  # without split: one input sentence
+
+
+def test_splitting_keeps_one_output_per_input_and_empty_inputs_empty(translator, corpus_pairs):
+    lines = [f"{corpus_pairs[0][0]} {corpus_pairs[1][0]}", "", "   ", corpus_pairs[2][0]]
+    outputs = translator.translate(lines, DECODE, split=True)
+    assert len(outputs) == len(lines)
+    assert outputs[1] == outputs[2] == ""
+    assert outputs[3] == translator.translate([corpus_pairs[2][0]], DECODE)[0]
+
+
+def test_n_best_of_a_split_text_joins_the_ranks_of_its_sentences(translator, corpus_pairs):
+    first, second = corpus_pairs[0][0], corpus_pairs[1][0]
+    per_sentence = translator.translate_n_best([first, second], DECODE, n_best=2)
+    (candidates,) = translator.translate_n_best([f"{first} {second}"], DECODE, n_best=2, split=True)
+    for rank, candidate in enumerate(candidates):
+        a, b = (options[min(rank, len(options) - 1)] for options in per_sentence)
+        assert candidate.text == f"{a.text} {b.text}"
+        assert candidate.score == pytest.approx(a.score + b.score)
+
+
+def test_a_sentence_longer_than_the_limit_is_cut_at_clause_boundaries_and_nothing_is_dropped(translator, tokenizers):
+    clauses = ["der Hund ist rot, ", "die Katze ist blau; ", "das Pferd ist grün, ", "der Vogel ist gelb"]
+    sentence = "".join(clauses)
+    assert len(tokenizers.source.encode([sentence])[0]) > translator.max_tokens
+
+    pieces = translator._fit(sentence)
+
+    assert "".join(pieces) == sentence
+    assert len(pieces) > 1
+    assert all(len(tokenizers.source.encode([piece])[0]) <= translator.max_tokens for piece in pieces)
+    assert all(piece.rstrip()[-1] in ",;" for piece in pieces[:-1])  # cut after clause punctuation
+    (translation,) = translator.translate([sentence], DECODE)
+    expected = translator.translate([piece.strip() for piece in pieces], DECODE)
+    assert translation == " ".join(expected)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(words=st.lists(st.sampled_from(["Hund", "rot,", "Katze;", "xyzzyqwertzuiopü", "ist", "—", "a"]), max_size=60))
+def test_long_inputs_are_cut_into_pieces_that_fit_and_concatenate_back(translator, tokenizers, words):
+    text = " ".join(words)
+    pieces = translator._fit(text)
+    assert "".join(pieces) == text
+    assert all(len(tokenizers.source.encode([piece])[0]) <= translator.max_tokens for piece in pieces)
