@@ -1,0 +1,502 @@
+"""`mt serve`: the LibreTranslate-compatible API, cross-request batching, limits,
+the API key, graceful shutdown and the page (in headless Chromium when it is installed).
+
+Every server here is real: uvicorn on 127.0.0.1 and a free port, in a thread of
+this process or, for the signal test, in a subprocess. Nothing reaches any
+other address (the HTTP clients ignore proxy settings).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+import uvicorn
+
+from mt.checkpoint import save_checkpoint
+from mt.config import DecodeConfig, ModelConfig
+from mt.model import Seq2Seq
+from mt.server import TranslationWorker, create_app, is_loopback, load_workers, serve
+from mt.translator import Translator
+
+BEAM5 = DecodeConfig(beam_size=5)
+STARTUP_SECONDS = 120  # a busy 2-core machine imports torch slowly
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, tokenizers) -> dict[str, Path]:
+    """Tiny untrained models: de->en with attention, en->de without."""
+    directory = tmp_path_factory.mktemp("serve-models")
+    paths = {}
+    for name, attention, seed in (("de-en", "bahdanau", 0), ("en-de", "none", 1)):
+        torch.manual_seed(seed)
+        vocabulary = (tokenizers.source.vocab_size, tokenizers.target.vocab_size)
+        config = ModelConfig(*vocabulary, embedding_size=16, hidden_size=24, num_layers=1, dropout=0.0, attention=attention)
+        source, target = name.split("-")
+        paths[name] = directory / name
+        save_checkpoint(paths[name] / "model.safetensors", Seq2Seq(config), tokenizers, {"source_language": source, "target_language": target})
+    return paths
+
+
+@pytest.fixture(scope="module")
+def reference(checkpoints) -> dict[str, Translator]:
+    """Translators of the same checkpoints, called only from the test's thread."""
+    return {name: Translator.from_checkpoint(path) for name, path in checkpoints.items()}
+
+
+def _client(url: str) -> httpx.Client:
+    return httpx.Client(base_url=url, trust_env=False, timeout=60)  # trust_env=False: no proxy, only 127.0.0.1
+
+
+def _wait_until_answering(url: str, process: subprocess.Popen | None = None) -> None:
+    """Poll /health until the server answers at all (a 403 is an answer too)."""
+    deadline = time.monotonic() + STARTUP_SECONDS
+    with _client(url) as client:
+        while time.monotonic() < deadline:
+            if process is not None and process.poll() is not None:
+                raise AssertionError(f"the server exited with status {process.returncode}")
+            try:
+                client.get("/health", timeout=2)
+                return
+            except httpx.TransportError:
+                time.sleep(0.02)
+    raise AssertionError(f"{url} did not answer within {STARTUP_SECONDS} s")
+
+
+@contextmanager
+def running(app) -> Iterator[str]:
+    """`app` served by uvicorn in a thread on a free port of 127.0.0.1; yields its URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_answering(url)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "the server did not shut down"
+
+
+def _serve_app(checkpoints, **options):
+    workers = load_workers(list(checkpoints.values()), batch_wait_ms=options.pop("batch_wait_ms", 5.0), batching=options.pop("batching", True))
+    return create_app(workers, **options)
+
+
+@pytest.fixture(scope="module")
+def server(checkpoints) -> Iterator[str]:
+    with running(_serve_app(checkpoints, max_chars=300, max_items=5)) as url:
+        yield url
+
+
+@pytest.fixture
+def client(server) -> Iterator[httpx.Client]:
+    with _client(server) as client:
+        yield client
+
+
+def _sentences(corpus_pairs, count: int) -> list[str]:
+    return [pair[0] for pair in corpus_pairs[::7][:count]]
+
+
+# -- the LibreTranslate calls -------------------------------------------------
+
+
+def test_a_string_gets_the_translators_best_translation_and_alternatives(client, reference, corpus_pairs):
+    text = f"{corpus_pairs[0][0]} {corpus_pairs[30][0]}"  # two sentences, split and rejoined
+    expected = reference["de-en"].translate_n_best([text], BEAM5, n_best=3, split=True)[0]
+
+    response = client.post("/translate", json={"q": text, "source": "de", "target": "en", "format": "text", "alternatives": 2, "scores": True})
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["translatedText"] == expected[0].text
+    assert body["alternatives"] == [candidate.text for candidate in expected[1:]]
+    assert body["scores"] == pytest.approx([candidate.score for candidate in expected])
+    assert "alignment" not in body
+
+
+def test_a_list_gets_one_translation_per_text_and_alternatives_per_text(client, reference, corpus_pairs):
+    texts = [*_sentences(corpus_pairs, 3), "", f"{corpus_pairs[1][0]} {corpus_pairs[2][0]}"]
+    expected = reference["de-en"].translate_n_best(texts, BEAM5, n_best=2, split=True)
+
+    body = client.post("/translate", json={"q": texts, "source": "de", "target": "en", "alternatives": 1}).json()
+
+    assert body["translatedText"] == [candidates[0].text for candidates in expected]
+    assert body["alternatives"] == [[c.text for c in candidates[1:2]] for candidates in expected]
+    assert body["translatedText"][3] == ""
+
+
+def test_without_alternatives_the_answer_has_only_the_translation(client, reference, corpus_pairs):
+    text = corpus_pairs[5][0]
+    body = client.post("/translate", json={"q": text, "source": "de", "target": "en"}).json()
+    assert body == {"translatedText": reference["de-en"].translate([text], BEAM5, split=True)[0]}
+
+
+def test_a_form_body_is_read_like_json_and_a_repeated_q_is_a_list(client, reference, corpus_pairs):
+    first, second = _sentences(corpus_pairs, 2)
+    single = client.post("/translate", data={"q": first, "source": "de", "target": "en", "alternatives": "1"}).json()
+    several = client.post("/translate", data={"q": [first, second], "source": "de", "target": "en"}).json()
+
+    expected = reference["de-en"].translate_n_best([first, second], BEAM5, n_best=2, split=True)
+    assert single == {"translatedText": expected[0][0].text, "alternatives": [c.text for c in expected[0][1:]]}
+    assert several == {"translatedText": [expected[0][0].text, expected[1][0].text]}
+
+
+def test_beam_chooses_the_search(client, reference, corpus_pairs):
+    text = corpus_pairs[9][0]
+    greedy = client.post("/translate", json={"q": text, "source": "de", "target": "en", "beam": 1}).json()
+    assert greedy["translatedText"] == reference["de-en"].translate([text], DecodeConfig(beam_size=1), split=True)[0]
+
+
+def test_alignment_gives_pieces_and_weights_for_attention_and_null_without(client, reference, corpus_pairs):
+    german, english = corpus_pairs[3]
+    body = client.post("/translate", json={"q": [german], "source": "de", "target": "en", "alignment": True}).json()
+    (alignment,) = body["alignment"]
+    source_pieces, target_pieces, weights = reference["de-en"].alignment(german, body["translatedText"][0])
+    assert alignment["source"] == source_pieces and alignment["target"] == target_pieces
+    assert len(alignment["weights"]) == len(target_pieces)
+    assert all(len(row) == len(source_pieces) and sum(row) == pytest.approx(1, abs=1e-3) for row in alignment["weights"])
+    torch.testing.assert_close(torch.tensor(alignment["weights"], dtype=torch.float64), weights.double(), atol=1e-4, rtol=0)
+
+    no_attention = client.post("/translate", json={"q": english, "source": "en", "target": "de", "alignment": True}).json()
+    assert no_attention["alignment"] is None
+    assert no_attention["translatedText"] == reference["en-de"].translate([english], BEAM5, split=True)[0]
+
+
+def test_languages_lists_each_loaded_direction(client):
+    assert client.get("/languages").json() == [
+        {"code": "de", "name": "German", "targets": ["en"]},
+        {"code": "en", "name": "English", "targets": ["de"]},
+    ]
+
+
+def test_health_names_the_models_and_counts_batches(client):
+    body = client.get("/health").json()
+    assert body["status"] == "ok"
+    assert body["models"] == [{"source": "de", "target": "en", "attention": True}, {"source": "en", "target": "de", "attention": False}]
+    assert body["batches"] <= body["requests"] and body["pending"] == 0
+
+
+# -- bad input and limits -------------------------------------------------------
+
+GOOD = {"q": "Der Hund ist rot .", "source": "de", "target": "en"}
+JSON = {"Content-Type": "application/json"}
+
+
+@pytest.mark.parametrize(
+    ("content", "status", "fragment"),
+    [
+        (b'{"q": "Hallo", "source": ', 400, "malformed JSON"),
+        (b"", 400, "empty body"),
+        (b"\xff\xfe", 400, "malformed JSON"),
+        (json.dumps(["Hallo"]), 400, "JSON object"),
+        (json.dumps({"source": "de", "target": "en"}), 400, "q: Field required"),
+        (json.dumps({**GOOD, "q": 5}), 400, "q: must be a string or a list of strings"),
+        (json.dumps({**GOOD, "q": ["a", 3]}), 400, "q: must be a string or a list of strings"),
+        (json.dumps({**GOOD, "beam": "wide"}), 400, "beam"),
+        (json.dumps({**GOOD, "beam": 0}), 400, "beam"),
+        (json.dumps({**GOOD, "beam": 99}), 400, "beam"),
+        (json.dumps({**GOOD, "alternatives": -1}), 400, "alternatives"),
+        (json.dumps({**GOOD, "alternatives": 5}), 400, "fewer than beam"),
+        (json.dumps({**GOOD, "source": "auto"}), 400, "'auto'"),
+        (json.dumps({**GOOD, "format": "html"}), 400, "format 'html'"),
+        (json.dumps({**GOOD, "target": "fr"}), 400, "no model translates 'de' to 'fr'"),
+        (json.dumps({**GOOD, "q": ""}), 400, "q is empty"),
+        (json.dumps({**GOOD, "q": "  "}), 400, "q is empty"),
+        (json.dumps({**GOOD, "q": []}), 400, "q is empty"),
+        (json.dumps({**GOOD, "q": "a" * 301}), 400, "301 characters; at most 300"),
+        (json.dumps({**GOOD, "q": ["a"] * 6}), 400, "6 texts; at most 5"),
+        (json.dumps({**GOOD, "q": "a" * 100_000}), 413, "request body larger than"),
+    ],
+)
+def test_bad_input_is_a_4xx_json_error_and_the_server_keeps_serving(client, content, status, fragment):
+    response = client.post("/translate", content=content, headers=JSON)
+    assert response.status_code == status
+    assert fragment in response.json()["error"]
+    assert "Traceback" not in response.text
+    assert client.post("/translate", json=GOOD).status_code == 200
+
+
+def test_an_oversized_body_sent_in_chunks_is_refused_before_it_is_read_whole(client):
+    def chunks():
+        yield b'{"q": "'
+        for _ in range(40):
+            yield b"a" * 4096
+        yield b'", "source": "de", "target": "en"}'
+
+    response = client.post("/translate", content=chunks(), headers=JSON)  # no Content-Length: chunked
+    assert response.status_code == 413
+    assert "larger than" in response.json()["error"]
+    assert client.get("/health").status_code == 200
+
+
+def test_unknown_paths_and_methods_are_json_errors(client):
+    assert client.get("/nowhere").json() == {"error": "Not Found"}
+    assert client.get("/translate").status_code == 405 and "error" in client.get("/translate").json()
+
+
+class _BrokenTranslator:
+    """Stands in for a Translator whose model fails (out of memory, a bug)."""
+
+    class model:  # noqa: N801  (mimics translator.model.decoder.attention)
+        class decoder:  # noqa: N801
+            attention = None
+
+    def translate_n_best(self, *args, **kwargs):
+        raise RuntimeError("the model broke")
+
+
+def test_a_server_error_is_a_500_json_error_with_a_log_line_and_serving_goes_on(caplog):
+    app = create_app([TranslationWorker(_BrokenTranslator(), "de", "en")])
+    with running(app) as url, _client(url) as client, caplog.at_level("ERROR", logger="mt.server"):
+        response = client.post("/translate", json=GOOD)
+        assert response.status_code == 500
+        assert response.json() == {"error": "internal server error (RuntimeError)"}
+        assert client.get("/health").json()["status"] == "ok"
+    assert any("POST /translate failed: RuntimeError: the model broke" in record.getMessage() for record in caplog.records)
+
+
+# -- the API key -----------------------------------------------------------------
+
+
+def test_an_api_key_guards_every_call_but_the_page(checkpoints):
+    app = _serve_app(checkpoints, api_key="s3cret")
+    with running(app) as url, _client(url) as client:
+        for response in (
+            client.post("/translate", json=GOOD),
+            client.post("/translate", json={**GOOD, "api_key": "wrong"}),
+            client.post("/translate", json=GOOD, headers={"Authorization": "Bearer wrong"}),
+            client.get("/languages"),
+            client.get("/health"),
+        ):
+            assert response.status_code == 403
+            assert "API key" in response.json()["error"]
+        assert client.post("/translate", json={**GOOD, "api_key": "s3cret"}).status_code == 200
+        assert client.post("/translate", data={**GOOD, "api_key": "s3cret"}).status_code == 200
+        assert client.post("/translate", json=GOOD, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert client.get("/languages", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert client.get("/health", params={"api_key": "s3cret"}).status_code == 200
+        assert client.get("/").status_code == 200
+        assert client.get("/static/app.js").status_code == 200
+
+
+# -- batching across requests ---------------------------------------------------
+
+
+def _concurrently(url: str, bodies: list[dict]) -> list[httpx.Response]:
+    """POST every body at once, each from its own thread and connection."""
+    start = threading.Barrier(len(bodies))
+
+    def post(body: dict) -> httpx.Response:
+        with _client(url) as client:
+            start.wait()
+            return client.post("/translate", json=body)
+
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        return list(pool.map(post, bodies))
+
+
+@pytest.mark.parametrize("batching", [True, False])
+def test_concurrent_requests_share_batches_and_get_what_they_would_alone(checkpoints, reference, corpus_pairs, batching):
+    texts = _sentences(corpus_pairs, 12)
+    bodies = [{"q": text, "source": "de", "target": "en", "alternatives": i % 3} for i, text in enumerate(texts)]
+    bodies[0]["beam"] = 2  # another beam: another batch
+    app = _serve_app(checkpoints, batch_wait_ms=300, batching=batching)
+    with running(app) as url:
+        responses = _concurrently(url, bodies)
+        with _client(url) as client:
+            counts = client.get("/health").json()
+
+    for body, response in zip(bodies, responses):
+        decode = DecodeConfig(beam_size=body.get("beam", 5))
+        expected = reference["de-en"].translate_n_best([body["q"]], decode, n_best=body["alternatives"] + 1, split=True)[0]
+        assert response.status_code == 200
+        assert response.json()["translatedText"] == expected[0].text
+        assert response.json().get("alternatives", []) == [c.text for c in expected[1:]]
+    assert counts["requests"] == len(bodies)
+    if batching:
+        assert 2 <= counts["batches"] < len(bodies)
+    else:
+        assert counts["batches"] == len(bodies)
+
+
+@pytest.mark.parametrize("name", ["de-en", "en-de"])
+def test_a_sentences_translation_does_not_depend_on_its_batch_mates(reference, corpus_pairs, name):
+    side = 0 if name == "de-en" else 1
+    sentences = [pair[side] for pair in corpus_pairs[::5]]
+    alone = [reference[name].translate_n_best([s], BEAM5, n_best=3)[0] for s in sentences]
+    together = reference[name].translate_n_best(sentences, BEAM5, n_best=3)
+    reversed_pairs = reference[name].translate_n_best(sentences[::-1] + sentences[:3], BEAM5, n_best=3)[: len(sentences)][::-1]
+    for own, *others in zip(alone, together, reversed_pairs):
+        for other in others:
+            assert [c.text for c in other] == [c.text for c in own]
+            assert [c.score for c in other] == pytest.approx([c.score for c in own], abs=1e-4)
+
+
+# -- running: serve(), signals ------------------------------------------------------
+
+
+def test_loopback_addresses_are_told_from_others():
+    assert all(is_loopback(host) for host in ("127.0.0.1", "127.1.2.3", "::1", "localhost"))
+    assert not any(is_loopback(host) for host in ("0.0.0.0", "192.0.2.1", "::", "example.org"))
+
+
+def test_serve_warns_about_a_non_loopback_host_and_fails_in_one_line_on_a_bad_address():
+    from mt.config import MTError
+
+    lines: list[str] = []
+    with pytest.raises(MTError, match="cannot listen on 192.0.2.1:5000"):
+        serve(host="192.0.2.1", echo=lines.append)  # TEST-NET-1: no interface here has it
+    assert lines and lines[0].startswith("warning: --host 192.0.2.1 is not a loopback address")
+    with pytest.raises(MTError, match="--max-chars must be >= 1"):
+        serve(max_chars=0, echo=lines.append)
+
+
+def _start_server_process(checkpoints, **options) -> tuple[subprocess.Popen, str, list[str]]:
+    """`serve` in a subprocess on a free port; returns it, its URL and its (growing) stderr lines."""
+    arguments = {"models": [str(p) for p in checkpoints.values()], "host": "127.0.0.1", "port": 0, **options}
+    code = "import json, sys; from mt.server import serve; serve(**json.loads(sys.argv[1]))"
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, json.dumps(arguments)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    lines: list[str] = []
+    announced = threading.Event()
+
+    def read() -> None:
+        for line in process.stderr:
+            lines.append(line.rstrip("\n"))
+            if line.startswith("serving "):
+                announced.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    if not announced.wait(STARTUP_SECONDS):
+        process.kill()
+        raise AssertionError("the server did not start:\n" + "\n".join(lines))
+    url = next(line for line in lines if line.startswith("serving ")).split(" on ")[1].split()[0]
+    _wait_until_answering(url, process)
+    return process, url, lines
+
+
+def test_sigterm_finishes_the_request_in_flight_then_exits_cleanly(checkpoints, reference, corpus_pairs):
+    process, url, lines = _start_server_process(checkpoints, batch_wait_ms=1500)  # a request waits 1.5 s for batch mates
+    try:
+        text = corpus_pairs[11][0]
+        with ThreadPoolExecutor(1) as pool, _client(url) as client, _client(url) as requester:
+            answer = pool.submit(requester.post, "/translate", json={"q": text, "source": "de", "target": "en"})
+            deadline = time.monotonic() + 30
+            while client.get("/health").json()["pending"] == 0:  # the request is with the worker now
+                assert time.monotonic() < deadline and not answer.done(), "the request never reached the worker"
+            assert not answer.done()
+            process.send_signal(signal.SIGTERM)
+            response = answer.result(timeout=60)
+        assert response.status_code == 200
+        assert response.json()["translatedText"] == reference["de-en"].translate([text], BEAM5, split=True)[0]
+        assert process.wait(timeout=60) == 0
+        assert any("Finished server process" in line for line in lines)
+        assert not any("Traceback" in line for line in lines)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+# -- the page ---------------------------------------------------------------------
+
+
+def test_the_page_and_its_assets_load_nothing_from_elsewhere(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "default-src 'self'" in page.headers["content-security-policy"]
+    for asset in ("/static/app.js", "/static/style.css"):
+        assert client.get(asset).status_code == 200
+    for text in (page.text, client.get("/static/app.js").text, client.get("/static/style.css").text):
+        assert "http://" not in text and "https://" not in text and "//cdn" not in text
+
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+def _browser_missing() -> str | None:
+    if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
+        return "needs Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver)"
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "needs selenium (pip install -e '.[dev]')"
+    return None
+
+
+@pytest.fixture
+def browser(tmp_path, monkeypatch):
+    if reason := _browser_missing():
+        pytest.skip(reason)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    monkeypatch.setenv("SE_AVOID_STATS", "true")
+    options = Options()
+    options.binary_location = str(CHROMIUM)
+    for flag in (
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-quic", f"--user-data-dir={tmp_path / 'chromium'}",
+        # No name lookups but 127.0.0.1's: Chromium would otherwise resolve its update,
+        # extension and search-engine hosts even with the flags above.
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", "--disable-extensions", "--disable-default-apps",
+        "--no-default-browser-check", "--window-size=390,844",  # a phone
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_the_page_translates_as_you_type_and_shows_the_attention_heatmap(browser, server, reference, corpus_pairs):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    first, second = corpus_pairs[3][0], corpus_pairs[60][0]
+    expected = reference["de-en"].translate([first, second], BEAM5, split=True)
+    assert all(expected), "the tiny model should say something"
+    wait = WebDriverWait(browser, 30)
+    browser.get(server + "/")
+    wait.until(lambda d: d.find_element(By.ID, "target").get_attribute("value") == "en")
+
+    text = browser.find_element(By.ID, "text")
+    text.send_keys(first)  # then the page waits for a pause in typing
+    wait.until(lambda d: d.find_element(By.ID, "translation").text == expected[0])
+    heatmap = browser.find_element(By.ID, "heatmap")
+    wait.until(lambda d: heatmap.is_displayed() and heatmap.find_elements(By.CSS_SELECTOR, "tbody tr"))
+    source_pieces, target_pieces, _ = reference["de-en"].alignment(first, expected[0])
+    assert len(heatmap.find_elements(By.CSS_SELECTOR, "tbody tr")) == len(target_pieces)
+    assert len(heatmap.find_elements(By.CSS_SELECTOR, "thead th")) == len(source_pieces)
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#alternatives-list li")) >= 1
+
+    text.clear()
+    text.send_keys(second, Keys.CONTROL, Keys.ENTER)
+    wait.until(lambda d: d.find_element(By.ID, "translation").text == expected[1])
+    assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+    assert browser.find_element(By.CSS_SELECTOR, "label[for=text]").text == "Text"
+
