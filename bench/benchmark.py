@@ -83,7 +83,7 @@ def training(options: dict) -> dict:
     corpus = tokenize_corpus(load_corpus(options["train"], options["src"], options["tgt"]), tokenizers, train_config.max_length)
     config = ModelConfig(src_vocab_size=tokenizers.source.vocab_size, tgt_vocab_size=tokenizers.target.vocab_size)
     with tempfile.TemporaryDirectory() as scratch:
-        trainer = Trainer(config, train_config, tokenizers, corpus, ([], []), Path(scratch), torch.device("cpu"), {})
+        trainer = Trainer(config, train_config, tokenizers, corpus, {"none": ([], [])}, Path(scratch), torch.device("cpu"), {})
     model = trainer.model.train()
     bucketed = make_batches(corpus.lengths, train_config.batch_tokens, torch.Generator().manual_seed(1))
     sentences_per_batch = round(len(corpus) / len(bucketed))

@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,9 +112,9 @@ def save_checkpoint(
     write_atomic(Path(path), save(tensors, metadata=metadata))
 
 
-def load_checkpoint(path: Path, device: torch.device | str = "cpu", with_extra: bool = False) -> Checkpoint:
-    """Load a checkpoint for inference (fp32 weights) or, `with_extra`, to resume training."""
-    path = resolve(path)
+@contextmanager
+def _opened(path: Path) -> Iterator[tuple[Any, dict[str, str]]]:
+    """The open safetensors file and its string metadata, checked to be an mt checkpoint."""
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             metadata = handle.metadata() or {}
@@ -123,16 +125,53 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu", with_extra: 
                     f"{path} has checkpoint format version {metadata.get('format_version')}; "
                     f"this mt reads version {FORMAT_VERSION}"
                 )
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+            yield handle, metadata
     except (SafetensorError, OSError, ValueError) as error:
         raise MTError(f"{path} is not a readable checkpoint (truncated or corrupt?): {error}") from None
+
+
+def _header(path: Path, metadata: dict[str, str]) -> tuple[ModelConfig, dict[str, Any]]:
+    """The model config (validated by type and range) and the provenance record."""
     try:
         config = ModelConfig.from_dict(json.loads(metadata["model_config"]))
         info = json.loads(metadata.get("info", "{}"))
+    except (KeyError, json.JSONDecodeError) as error:
+        raise MTError(f"{path} is missing part of a checkpoint: {error}") from None
+    except MTError as error:
+        raise MTError(f"{path}: {error}") from None
+    if not isinstance(info, dict):
+        raise MTError(f"{path}: its info record is not a JSON object")
+    return config, info
+
+
+def read_info(path: Path) -> dict[str, Any]:
+    """A checkpoint's provenance record, read from its header alone (no weights)."""
+    path = resolve(path)
+    with _opened(path) as (_, metadata):
+        return _header(path, metadata)[1]
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu", with_extra: bool = False) -> Checkpoint:
+    """Load a checkpoint for inference (fp32 weights) or, `with_extra`, to resume training.
+
+    The header is checked against the weights' shapes before the model is built,
+    so a tampered config cannot make the loader allocate more than the file holds."""
+    path = resolve(path)
+    with _opened(path) as (handle, metadata):
+        config, info = _header(path, metadata)
+        with torch.device("meta"):  # shapes only, no memory
+            expected_shapes = {name: tuple(t.shape) for name, t in Seq2Seq(config).state_dict().items()}
+        for name in handle.keys():
+            if not name.startswith(("tokenizer.", "trainer.")):
+                shape = tuple(handle.get_slice(name).get_shape())
+                if expected_shapes.get(name) != shape:
+                    raise MTError(f"{path}: weight {name} of shape {shape} does not fit its model config")
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    try:
         source = Tokenizer(tensors.pop("tokenizer.source").numpy().tobytes())
         target = Tokenizer(tensors.pop("tokenizer.target").numpy().tobytes()) if "tokenizer.target" in tensors else source
         tokenizers = TokenizerPair(source, target)
-    except (KeyError, json.JSONDecodeError) as error:
+    except KeyError as error:
         raise MTError(f"{path} is missing part of a checkpoint: {error}") from None
     if (tokenizers.source.vocab_size, tokenizers.target.vocab_size) != (config.src_vocab_size, config.tgt_vocab_size):
         raise MTError(f"{path}: its tokenizers do not match the model's vocabulary sizes")
@@ -142,8 +181,6 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu", with_extra: 
     if set(tensors) != set(expected):
         raise MTError(f"{path}: its weights do not match its model config")
     for name, tensor in tensors.items():
-        if tensor.shape != expected[name].shape:
-            raise MTError(f"{path}: weight {name} has shape {tuple(tensor.shape)}, expected {tuple(expected[name].shape)}")
         expected[name].data.copy_(tensor.float() if tensor.is_floating_point() else tensor)
     model.to(device).eval()
     return Checkpoint(model, tokenizers, info, extra if with_extra else {})

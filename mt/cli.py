@@ -6,19 +6,24 @@ one line on stderr with exit status 1; nothing else prints tracebacks.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import re
 import sys
+import time
+from datetime import timedelta
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.progress import ProgressColumn
+from rich.text import Text
 
 from mt import __version__
-from mt.config import MTError
+from mt.config import AttentionKind, Cell, CellImpl, MTError, SubwordModel
 
 app = typer.Typer(
     name="mt",
@@ -34,28 +39,6 @@ class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
-
-
-class Cell(str, Enum):
-    lstm = "lstm"
-    gru = "gru"
-    rnn = "rnn"
-
-
-class CellImpl(str, Enum):
-    fused = "fused"
-    reference = "reference"
-
-
-class AttentionKind(str, Enum):
-    none = "none"
-    bahdanau = "bahdanau"
-    luong = "luong"
-
-
-class ModelType(str, Enum):
-    unigram = "unigram"
-    bpe = "bpe"
 
 
 def user_errors(command):
@@ -119,7 +102,7 @@ SrcOption = Annotated[str, typer.Option(help="Source language (file suffix or da
 TgtOption = Annotated[str, typer.Option(help="Target language (file suffix or dataset key).")]
 TokenizerOption = Annotated[Optional[Path], typer.Option(help="Tokenizer directory. [default: data/tokenizers/SRC-TGT]")]
 EmbeddingOption = Annotated[int, typer.Option(help="Embedding size E.")]
-LayersOption = Annotated[int, typer.Option(help="Recurrent layers in encoder and decoder.")]
+LayersOption = Annotated[int, typer.Option("--layers", help="Recurrent layers in encoder and decoder.")]
 BatchTokensOption = Annotated[int, typer.Option(help="Tokens per batch (padded, the longer side).")]
 SeedOption = Annotated[int, typer.Option(help="Random seed: the same seed on CPU gives the same model.")]
 
@@ -147,7 +130,7 @@ def train_tokenizer_cli(
     src: SrcOption = "de",
     tgt: TgtOption = "en",
     vocab_size: Annotated[int, typer.Option(help="Subword vocabulary size (per tokenizer).")] = 8000,
-    model_type: Annotated[ModelType, typer.Option(help="SentencePiece algorithm.")] = ModelType.unigram,
+    model_type: Annotated[SubwordModel, typer.Option(help="SentencePiece algorithm.")] = SubwordModel.unigram,
     joint: Annotated[bool, typer.Option("--joint/--separate", help="One tokenizer for both languages, or one each.")] = True,
     max_sentences: Annotated[
         int, typer.Option(help="Learn from a random sample of at most this many sentences (per tokenizer) of a large corpus.")
@@ -195,7 +178,7 @@ def train_cli(
     output: Annotated[Optional[Path], typer.Option(help="Run directory. [default: runs/SRC-TGT]")] = None,
     embedding_size: EmbeddingOption = 256,
     hidden_size: Annotated[int, typer.Option(help="Hidden size H of the recurrent layers.")] = 512,
-    layers: LayersOption = 2,
+    num_layers: LayersOption = 2,
     dropout: Annotated[float, typer.Option(help="Dropout on embeddings, between layers and before the output.")] = 0.3,
     cell: Annotated[Cell, typer.Option(help="Recurrent cell.")] = Cell.lstm,
     cell_impl: Annotated[CellImpl, typer.Option(help="fused: torch's kernels; reference: the lecture's equations (slow).")] = CellImpl.fused,
@@ -208,15 +191,15 @@ def train_cli(
     accumulate: Annotated[
         int, typer.Option(help="Batches per update (per worker under torchrun): a larger batch than memory allows.")
     ] = 1,
-    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
+    learning_rate: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-3,
     clip_norm: Annotated[float, typer.Option(help="Clip the gradient norm to this (exploding gradients).")] = 1.0,
-    label_smoothing: Annotated[float, typer.Option(help="Label smoothing of the loss.")] = 0.1,
-    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 30,
+    label_smoothing: Annotated[float, typer.Option(help="Label smoothing of the loss, in [0, 0.99].")] = 0.1,
+    max_epochs: Annotated[int, typer.Option("--epochs", help="Maximum epochs.")] = 30,
     max_steps: Annotated[int, typer.Option(help="Stop after this many updates (0: no limit).")] = 0,
     validate_every: Annotated[int, typer.Option(help="Validate every N updates (0: every epoch).")] = 0,
     patience: Annotated[int, typer.Option(help="Stop after N validations without a better BLEU (0: never).")] = 5,
     lr_patience: Annotated[int, typer.Option(help="Decay the learning rate after N validations without gain.")] = 2,
-    lr_decay: Annotated[float, typer.Option(help="Factor of each learning-rate decay.")] = 0.5,
+    lr_decay: Annotated[float, typer.Option(help="Factor of each learning-rate decay, in (0, 1].")] = 0.5,
     warmup_steps: Annotated[int, typer.Option(help="Linear learning-rate warm-up steps.")] = 0,
     max_length: Annotated[int, typer.Option(help="Drop training pairs longer than this many subwords.")] = 100,
     validation_beam: Annotated[int, typer.Option(help="Beam size for validation BLEU.")] = 1,
@@ -234,7 +217,9 @@ def train_cli(
             "with a fresh optimizer and schedule; architecture options must agree with it."
         ),
     ] = None,
-    overwrite: Annotated[bool, typer.Option(help="Start afresh even if the run directory holds a finished run.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Start afresh: delete the run's own checkpoints and log (only after every input was read).")
+    ] = False,
 ):
     """Train an encoder-decoder; keeps the best (by validation BLEU) and the last checkpoint.
 
@@ -247,136 +232,64 @@ def train_cli(
 
     Example: mt train --src de --tgt en --attention luong --bidirectional --output runs/de-en
     """
-    import platform
-
-    import sacrebleu
-    import sentencepiece
-    import torch
-
     from mt import distributed
+    from mt.checkpoint import load_checkpoint
     from mt.config import ModelConfig, TrainConfig
     from mt.tokenizer import TokenizerPair
-    from mt.train import Interrupted, Trainer, progress_bar
+    from mt.train import Interrupted, RunDirectory, Trainer, provenance
 
-    train_config = TrainConfig(
-        batch_tokens=batch_tokens,
-        accumulate=accumulate,
-        learning_rate=lr,
-        clip_norm=clip_norm,
-        label_smoothing=label_smoothing,
-        max_epochs=epochs,
-        max_steps=max_steps,
-        validate_every=validate_every,
-        patience=patience,
-        lr_patience=lr_patience,
-        lr_decay=lr_decay,
-        warmup_steps=warmup_steps,
-        max_length=max_length,
-        seed=seed,
-        validation_beam=validation_beam,
-        max_minutes=max_minutes,
-        keep_checkpoints=keep_checkpoints,
-        bf16=bf16,
-    )
-    parent = None
-    if init_from is not None:
-        from mt.checkpoint import load_checkpoint
-
-        parent = load_checkpoint(init_from)
-        if _given(ctx, "tokenizer"):
-            raise MTError("--tokenizer cannot be combined with --init-from: the model keeps its checkpoint's tokenizer")
-        tokenizers = parent.tokenizers
-    else:
-        tokenizers = TokenizerPair.load(tokenizer or Path("data/tokenizers") / f"{src}-{tgt}")
-    model_config = ModelConfig(
-        src_vocab_size=tokenizers.source.vocab_size,
-        tgt_vocab_size=tokenizers.target.vocab_size,
-        embedding_size=embedding_size,
-        hidden_size=hidden_size,
-        num_layers=layers,
-        dropout=dropout,
-        cell=cell.value,
-        cell_impl=cell_impl.value,
-        attention=attention.value,
-        bidirectional=bidirectional,
-        reverse_source=reverse_source,
-        tie_embeddings=tie_embeddings,
-        share_embeddings=share_embeddings,
-    )
+    train_config = _config(TrainConfig, ctx.params)
+    parent = load_checkpoint(init_from) if init_from is not None else None
+    if parent is not None and _given(ctx, "tokenizer"):
+        raise MTError("--tokenizer cannot be combined with --init-from: the model keeps its checkpoint's tokenizer")
+    tokenizers = parent.tokenizers if parent else TokenizerPair.load(tokenizer or Path("data/tokenizers") / f"{src}-{tgt}")
+    vocab_sizes = {"src_vocab_size": tokenizers.source.vocab_size, "tgt_vocab_size": tokenizers.target.vocab_size}
+    model_config = _config(ModelConfig, {**ctx.params, **vocab_sizes})
     if parent is not None:
         model_config = _inherit_architecture(ctx, parent.model.config, model_config)
-    output = output or Path("runs") / f"{src}-{tgt}"
-    if output.exists() and not output.is_dir():
-        raise MTError(f"--output {output} is a file; the run needs a directory")
-    trainer_output_last = output / "last.safetensors"
-    resume = False
-    if trainer_output_last.exists() and not overwrite:
-        from mt.checkpoint import load_checkpoint
-
-        info = load_checkpoint(trainer_output_last).info
-        if info.get("trainer_state", {}).get("finished"):
-            raise MTError(f"{output} holds a finished run; pass --overwrite to train again, or choose another --output")
-        resume = True
-
+    run = RunDirectory(output or Path("runs") / f"{src}-{tgt}")
+    resume = run.check(overwrite)
     device_ = distributed.start(resolve_device(device))
+    workers = distributed.current()
+    # Only the first worker reports and writes; the others would repeat every line.
+    err = _stderr_console(quiet=not workers.is_main)
     try:
-        workers = distributed.current()
-        if overwrite and workers.is_main:
-            for old in [*output.glob("*.safetensors"), output / "log.jsonl"]:
-                old.unlink(missing_ok=True)
-        # Only the first worker reports; the others would repeat every line.
-        err = _stderr_console() if workers.is_main else _stderr_console(quiet=True)
-        with distributed.main_first():  # the first worker tokenizes into the datasets cache
-            corpus, validation, train_corpora = _training_data(train, valid, src, tgt, tokenizers, max_length, err)
-        info = {
-            "source_language": src,
-            "target_language": tgt,
-            "train_corpora": train_corpora,
-            "valid_corpora": list(validation),
-            "init_from": _parent_record(init_from, parent) if parent else None,
-            "seed": seed,
-            "workers": workers.world_size,
-            "command": " ".join(["mt", *sys.argv[1:]]) if Path(sys.argv[0]).name in ("mt", "__main__.py") else None,
-            "versions": {
-                "mt": __version__,
-                "torch": torch.__version__,
-                "sentencepiece": sentencepiece.__version__,
-                "sacrebleu": sacrebleu.__version__,
-                "python": platform.python_version(),
-            },
-        }
-        trainer = Trainer(model_config, train_config, tokenizers, corpus, validation, output, device_, info, err)
-        if parent is not None:
-            trainer.model.load_state_dict(parent.model.state_dict())
-        if resume:
-            trainer.resume()
-            err.print(f"resuming {output} at step {trainer.state.step} (epoch {trainer.state.epoch + 1})")
-        where = f"{workers.world_size} workers on {device_.type}" if workers.world_size > 1 else str(device_)
-        err.print(f"model: {trainer.model.num_parameters():,} parameters on {where}")
-        try:
-            with progress_bar(err) as progress:
-                result = trainer.run(progress)
-        except Interrupted:
-            err.print(f"interrupted at step {trainer.state.step}; saved {trainer.last_path}. Resume with the same command.")
-            raise typer.Exit(130) from None
+        with run.lock() if workers.is_main else contextlib.nullcontext():
+            with distributed.main_first():  # the first worker tokenizes into the datasets cache
+                corpus, validation, train_corpora = _training_data(train, valid, src, tgt, tokenizers, max_length, err)
+            if overwrite and workers.is_main:
+                run.clear()
+            info = provenance(src, tgt, train_corpora, list(validation), seed, workers.world_size, init_from, parent)
+            trainer = Trainer(model_config, train_config, tokenizers, corpus, validation, run.path, device_, info)
+            if parent is not None:
+                trainer.model.load_state_dict(parent.model.state_dict())
+            if resume:
+                changes = trainer.resume()
+                err.print(f"resuming {run.path} at step {trainer.state.step} (epoch {trainer.state.epoch + 1})")
+                for change in changes:
+                    err.print(f"  changed since the last run: {change}")
+            where = f"{workers.world_size} workers on {device_.type}" if workers.world_size > 1 else str(device_)
+            err.print(f"model: {trainer.model.num_parameters():,} parameters on {where}")
+            try:
+                with _progress_reporter(err) as reporter:
+                    result = trainer.run(reporter)
+            except Interrupted:
+                err.print(f"interrupted at step {trainer.state.step}; saved {trainer.last_path}. Resume with the same command.")
+                raise typer.Exit(130) from None
         err.print(f"best validation BLEU {result.best_bleu:.2f}: {result.best}")
         err.print(f"last checkpoint: {result.last}")
     finally:
         distributed.stop()
 
 
-# ModelConfig fields that make the architecture, by the option that sets each.
-ARCHITECTURE_OPTIONS = {
-    "embedding_size": "embedding_size",
-    "hidden_size": "hidden_size",
-    "num_layers": "layers",
-    "cell": "cell",
-    "attention": "attention",
-    "bidirectional": "bidirectional",
-    "reverse_source": "reverse_source",
-    "tie_embeddings": "tie_embeddings",
-    "share_embeddings": "share_embeddings",
-}
+def _config(cls, options: dict):
+    """A config dataclass from the command's options of the same names (choices by their value)."""
+    names = {field.name for field in dataclasses.fields(cls)}
+    return cls(**{name: value.value if isinstance(value, Enum) else value for name, value in options.items() if name in names})
+
+
+# ModelConfig fields that make the architecture (each set by the option of the same name).
+ARCHITECTURE = ("embedding_size", "hidden_size", "num_layers", "cell", "attention", "bidirectional", "reverse_source", "tie_embeddings", "share_embeddings")
 
 
 def _given(ctx: typer.Context, parameter: str) -> bool:
@@ -388,25 +301,12 @@ def _given(ctx: typer.Context, parameter: str) -> bool:
 def _inherit_architecture(ctx: typer.Context, parent, requested):
     """The parent checkpoint's architecture, with this run's dropout and cell
     implementation; an architecture option given with another value is an error."""
-    for field, option in ARCHITECTURE_OPTIONS.items():
+    for field in ARCHITECTURE:
         mine, theirs = getattr(requested, field), getattr(parent, field)
-        if _given(ctx, option) and mine != theirs:
-            flag = "--" + option.replace("_", "-")
+        if _given(ctx, field) and mine != theirs:
+            flag = next(param.opts[0] for param in ctx.command.params if param.name == field)
             raise MTError(f"{flag} {mine} conflicts with --init-from, whose model has {theirs}; leave the option out")
     return dataclasses.replace(parent, dropout=requested.dropout, cell_impl=requested.cell_impl)
-
-
-def _parent_record(path: Path, parent) -> dict:
-    """Where a fine-tuned model came from, for its provenance."""
-    import hashlib
-
-    from mt.checkpoint import resolve
-
-    file = resolve(path)
-    with open(file, "rb") as handle:
-        digest = hashlib.file_digest(handle, "sha256").hexdigest()
-    keys = ("source_language", "target_language", "train_corpora", "step", "command")
-    return {"path": str(file), "sha256": digest, **{key: parent.info[key] for key in keys if key in parent.info}}
 
 
 def _training_data(train: list[str], valid: list[str], src: str, tgt: str, tokenizers, max_length: int, err):
@@ -449,6 +349,47 @@ def _stderr_console(quiet: bool = False):
 
     # Plain text: paths may hold [brackets] (not markup) and must not be wrapped.
     return Console(stderr=True, markup=False, highlight=False, soft_wrap=True, quiet=quiet)
+
+
+class TimeLeftColumn(ProgressColumn):
+    """Time until training ends: the estimate from the step rate, or the time left
+    of the --max-minutes budget (task field `deadline`) when that is sooner."""
+
+    def render(self, task) -> Text:
+        remaining = task.time_remaining
+        deadline = task.fields.get("deadline")
+        if deadline is not None:
+            budget = max(0.0, deadline - time.monotonic())
+            remaining = budget if remaining is None else min(remaining, budget)
+        return Text("-:--:--" if remaining is None else str(timedelta(seconds=int(remaining))), style="progress.remaining")
+
+
+def _progress_reporter(console):
+    """The trainer's reporter for a person: a rich progress bar on a terminal (loss,
+    tokens/s, ETA), a line every 100 updates in a log, and each validation as a line."""
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+    from mt.train import Reporter, validation_line
+
+    class ProgressReporter(Reporter, Progress):
+        def started(self, total_steps, state, deadline) -> None:
+            self.total_steps = total_steps
+            self.task = self.add_task("training", total=total_steps, completed=state.step, info="", deadline=deadline)
+
+        def updated(self, state, loss_average) -> None:
+            rate = state.train_tokens / max(state.train_seconds, 1e-9)
+            info = f"epoch {state.epoch + 1} loss {loss_average:.3f} {rate:,.0f} tok/s best BLEU {max(state.best_bleu, 0):.2f}"
+            self.update(self.task, completed=state.step, info=info)
+            if not self.console.is_terminal and state.step % 100 == 0:  # a log file gets a line now and then
+                self.console.print(f"step {state.step}/{self.total_steps}  {info}")
+
+        def validated(self, record) -> None:
+            self.console.print(validation_line(record))
+
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
+    return ProgressReporter(
+        *columns, TextColumn("ETA"), TimeLeftColumn(), TextColumn("{task.fields[info]}"), console=console, disable=not console.is_terminal
+    )
 
 
 def _load_translator(model: Optional[Path], device: Device, quantize: bool):
@@ -733,6 +674,7 @@ def _short_names(paths: list[Path]) -> list[str]:
 @app.command("compare")
 @user_errors
 def compare_cli(
+    ctx: typer.Context,
     train: TrainOption = DEFAULT_TRAIN,
     valid: ValidOption = DEFAULT_VALID,
     src: SrcOption = "de",
@@ -741,7 +683,7 @@ def compare_cli(
     minutes: Annotated[float, typer.Option(help="Wall-clock minutes of training for each cell.")] = 10.0,
     embedding_size: EmbeddingOption = 256,
     hidden_size: Annotated[int, typer.Option(help="The LSTM's hidden size; it sets the parameter budget.")] = 512,
-    layers: LayersOption = 2,
+    num_layers: LayersOption = 2,
     attention: Annotated[AttentionKind, typer.Option(help="Attention of all three models.")] = AttentionKind.none,
     batch_tokens: BatchTokensOption = 4096,
     validate_every: Annotated[int, typer.Option(help="Validate every N updates (0: every epoch).")] = 200,
@@ -756,24 +698,17 @@ def compare_cli(
     from mt.config import ModelConfig, TrainConfig
     from mt.diagnostics import compare_cells
     from mt.tokenizer import TokenizerPair
-    from mt.train import progress_bar
 
     if minutes <= 0:
         raise MTError(f"--minutes must be > 0, got {minutes}")
     tokenizers = TokenizerPair.load(tokenizer or Path("data/tokenizers") / f"{src}-{tgt}")
-    config = ModelConfig(
-        src_vocab_size=tokenizers.source.vocab_size,
-        tgt_vocab_size=tokenizers.target.vocab_size,
-        embedding_size=embedding_size,
-        hidden_size=hidden_size,
-        num_layers=layers,
-        attention=attention.value,
-    )
+    vocab_sizes = {"src_vocab_size": tokenizers.source.vocab_size, "tgt_vocab_size": tokenizers.target.vocab_size}
+    config = _config(ModelConfig, {**ctx.params, **vocab_sizes})
     train_config = TrainConfig(batch_tokens=batch_tokens, max_minutes=minutes, max_epochs=1000, patience=0, validate_every=validate_every, seed=seed)
     err = _stderr_console()
     corpus, validation, _ = _training_data(train, valid, src, tgt, tokenizers, train_config.max_length, err)
-    with progress_bar(err) as progress:
-        rows = compare_cells(config, train_config, tokenizers, corpus, validation, output, resolve_device(device), progress=progress)
+    with _progress_reporter(err) as reporter:
+        rows = compare_cells(config, train_config, tokenizers, corpus, validation, output, resolve_device(device), reporter=reporter)
     (output / "compare.json").write_text(json.dumps(rows, indent=2) + "\n")
     typer.echo("| cell | hidden | parameters | updates | tokens/s | val BLEU | sentences/s (greedy) | dL/dh first/last |")
     typer.echo("|---|---|---|---|---|---|---|---|")

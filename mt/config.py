@@ -9,7 +9,9 @@ as JSON (`to_dict` / `from_dict`).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 
@@ -17,22 +19,62 @@ class MTError(Exception):
     """An error the user can cause and fix: printed by the CLI as one line."""
 
 
-CELLS = ("lstm", "gru", "rnn")
-CELL_IMPLS = ("fused", "reference")
-ATTENTIONS = ("none", "bahdanau", "luong")
+MAX_BEAM = 100  # wider beams cost memory (beam x vocabulary per sentence) and no longer gain BLEU
+
+
+class Choice(str, Enum):
+    """One of a fixed set of names. Compares equal to its name as a string and
+    prints and serialises as it, so configs stored as JSON keep plain strings."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def parse(cls, name: str, value: Any) -> Choice:
+        try:
+            return cls(value)
+        except ValueError:
+            raise MTError(f"{name} must be one of {', '.join(c.value for c in cls)}; got {value!r}") from None
+
+
+class Cell(Choice):
+    """The recurrent cell."""
+
+    lstm = "lstm"
+    gru = "gru"
+    rnn = "rnn"
+
+
+class CellImpl(Choice):
+    """fused: torch's kernels; reference: the lecture's equations (mt.cells)."""
+
+    fused = "fused"
+    reference = "reference"
+
+
+class AttentionKind(Choice):
+    """none: the encoder's final state is all the decoder sees."""
+
+    none = "none"
+    bahdanau = "bahdanau"
+    luong = "luong"
+
+
+class SubwordModel(Choice):
+    """SentencePiece's segmentation algorithm."""
+
+    unigram = "unigram"
+    bpe = "bpe"
 
 
 def _check_range(name: str, value: float, low: float, high: float | None = None, *, low_open: bool = False) -> None:
+    if not math.isfinite(value):
+        raise MTError(f"{name} must be a finite number, got {value}")
     too_low = value <= low if low_open else value < low
     if too_low or (high is not None and value > high):
         bound = f"> {low}" if low_open else f">= {low}"
         valid = f"{bound} and <= {high}" if high is not None else bound
         raise MTError(f"{name} must be {valid}, got {value}")
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise MTError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
 
 
 class _JSONConfig:
@@ -54,6 +96,14 @@ class _JSONConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def _check_types(self) -> None:
+        """Each field holds its declared kind of value (a JSON file can say 512.0 or "2")."""
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            kind = {"int": (int,), "float": (int, float), "bool": (bool,)}.get(field.type)
+            if kind and (not isinstance(value, kind) or (isinstance(value, bool) and field.type != "bool")):
+                raise MTError(f"{field.name} must be of type {field.type}, got {value!r}")
+
 
 @dataclass(frozen=True)
 class ModelConfig(_JSONConfig):
@@ -70,9 +120,9 @@ class ModelConfig(_JSONConfig):
     hidden_size: int = 512
     num_layers: int = 2
     dropout: float = 0.3
-    cell: str = "lstm"
-    cell_impl: str = "fused"
-    attention: str = "none"
+    cell: Cell = Cell.lstm
+    cell_impl: CellImpl = CellImpl.fused
+    attention: AttentionKind = AttentionKind.none
     bidirectional: bool = False
     reverse_source: bool = True
     tie_embeddings: bool = True
@@ -83,16 +133,19 @@ class ModelConfig(_JSONConfig):
     max_source_length: int = 256
 
     def __post_init__(self) -> None:
-        _check_range("src_vocab_size", self.src_vocab_size, 8)
-        _check_range("tgt_vocab_size", self.tgt_vocab_size, 8)
-        _check_range("embedding_size", self.embedding_size, 1)
-        _check_range("hidden_size", self.hidden_size, 2)
-        _check_range("num_layers", self.num_layers, 1)
+        # Upper bounds too: a checkpoint's header must not make the loader allocate terabytes.
+        self._check_types()
+        _check_range("src_vocab_size", self.src_vocab_size, 8, 1_000_000)
+        _check_range("tgt_vocab_size", self.tgt_vocab_size, 8, 1_000_000)
+        _check_range("embedding_size", self.embedding_size, 1, 8192)
+        _check_range("hidden_size", self.hidden_size, 2, 16384)
+        _check_range("num_layers", self.num_layers, 1, 64)
         _check_range("dropout", self.dropout, 0.0, 0.9)
-        _check_range("max_source_length", self.max_source_length, 1)
-        _check_choice("cell", self.cell, CELLS)
-        _check_choice("cell_impl", self.cell_impl, CELL_IMPLS)
-        _check_choice("attention", self.attention, ATTENTIONS)
+        _check_range("max_source_length", self.max_source_length, 1, 100_000)
+        for name in ("pad_id", "bos_id", "eos_id"):
+            _check_range(name, getattr(self, name), 0, min(self.src_vocab_size, self.tgt_vocab_size) - 1)
+        for name, kind in (("cell", Cell), ("cell_impl", CellImpl), ("attention", AttentionKind)):
+            object.__setattr__(self, name, kind.parse(name, getattr(self, name)))
         if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
             raise MTError("share_embeddings needs one joint vocabulary (train the tokenizer with --joint)")
         if self.bidirectional and self.hidden_size % 2:
@@ -124,6 +177,7 @@ class TrainConfig(_JSONConfig):
     bf16: bool = False  # bf16 autocast for the forward pass and loss
 
     def __post_init__(self) -> None:
+        self._check_types()
         _check_range("batch_tokens", self.batch_tokens, 1)
         _check_range("accumulate", self.accumulate, 1)
         _check_range("learning_rate", self.learning_rate, 0.0, low_open=True)
@@ -157,7 +211,8 @@ class DecodeConfig(_JSONConfig):
     max_length_offset: int = 10
 
     def __post_init__(self) -> None:
-        _check_range("beam_size", self.beam_size, 1)
+        self._check_types()
+        _check_range("beam_size", self.beam_size, 1, MAX_BEAM)
         _check_range("length_penalty", self.length_penalty, 0.0, 5.0)
         _check_range("max_length_ratio", self.max_length_ratio, 0.0, low_open=True)
         _check_range("max_length_offset", self.max_length_offset, 0)

@@ -248,7 +248,7 @@ def compare_cells(
     output: Path,
     device: torch.device,
     cells: Sequence[str] = ("rnn", "gru", "lstm"),
-    progress=None,
+    reporter=None,
 ) -> list[dict]:
     """Train one model per cell type, each with about the parameter count of
     the LSTM model of `config` and the same `train_config` (use `max_minutes`
@@ -267,7 +267,7 @@ def compare_cells(
         cell_config = dataclasses.replace(config, cell=cell)
         cell_config = dataclasses.replace(cell_config, hidden_size=hidden_size_for_budget(cell_config, budget))
         trainer = Trainer(cell_config, train_config, tokenizers, corpus, validation, output / cell, device, {"compare": cell})
-        result = trainer.run(progress)
+        result = trainer.run(reporter)
         best = load_checkpoint(result.best, device)
         translator = Translator(best.model, best.tokenizers, device)
         started = time.perf_counter()

@@ -22,9 +22,9 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from mt.cells import ReferenceRNN, reverse_padded
-from mt.config import ModelConfig, MTError
+from mt.config import AttentionKind, Cell, CellImpl, ModelConfig, MTError
 
-RNN_CLASSES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+RNN_CLASSES = {Cell.lstm: nn.LSTM, Cell.gru: nn.GRU, Cell.rnn: nn.RNN}
 
 # A recurrent state: (hidden_state, cell_state) for an LSTM, hidden_state
 # alone for GRU and plain RNN cells; each tensor is (L, B, H).
@@ -38,7 +38,7 @@ def map_state(state: State, fn: Callable[[torch.Tensor], torch.Tensor]) -> State
 def make_rnn(config: ModelConfig, input_size: int, hidden_size: int, bidirectional: bool) -> nn.Module:
     """The recurrent layers: torch's fused kernels, or the lecture's equations (`cell_impl="reference"`)."""
     options = dict(num_layers=config.num_layers, dropout=config.dropout if config.num_layers > 1 else 0.0, bidirectional=bidirectional)
-    if config.cell_impl == "reference":
+    if config.cell_impl == CellImpl.reference:
         rnn = ReferenceRNN(config.cell, input_size, hidden_size, **options)
     else:
         rnn = RNN_CLASSES[config.cell](input_size, hidden_size, batch_first=True, **options)
@@ -131,34 +131,61 @@ class Encoder(nn.Module):
 
 
 class Attention(nn.Module):
-    """Scores every encoder output against the decoder's hidden state h_t.
+    """Scores every encoder output m_s against the decoder's hidden state h_t and
+    reads the source through the softmax of the scores. Subclasses define the score."""
 
-    luong (general): score(h_t, m_s) = h_t . (W_a m_s)
-    bahdanau (additive): score(h_t, m_s) = v . tanh(W_q h_t + W_k m_s)
-    """
-
-    def __init__(self, kind: str, hidden_size: int):
+    def __init__(self, hidden_size: int):
         super().__init__()
-        self.kind = kind
         self.key = nn.Linear(hidden_size, hidden_size, bias=False)
-        if kind == "bahdanau":
-            self.query = nn.Linear(hidden_size, hidden_size, bias=True)
-            self.energy = nn.Linear(hidden_size, 1, bias=False)
 
     def keys(self, memory: torch.Tensor) -> torch.Tensor:
         """memory (B, S, H) -> keys (B, S, H); computed once per sentence."""
         return self.key(memory)
 
+    def score(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """query (B, H), keys (B, S, H) -> scores (B, S)."""
+        raise NotImplementedError
+
     def forward(self, query: torch.Tensor, source: EncoderOutput) -> tuple[torch.Tensor, torch.Tensor]:
         """query (B, H) -> context (B, H), weights (B, S)."""
-        if self.kind == "luong":
-            scores = torch.bmm(source.keys, query[:, :, None]).squeeze(2)  # (B, S)
-        else:
-            scores = self.energy(torch.tanh(source.keys + self.query(query)[:, None, :])).squeeze(2)  # (B, S)
-        scores = scores.masked_fill(~source.mask, float("-inf"))
+        scores = self.score(query, source.keys).masked_fill(~source.mask, float("-inf"))  # (B, S)
         weights = torch.softmax(scores, dim=-1)  # (B, S)
         context = torch.bmm(weights[:, None, :], source.memory).squeeze(1)  # (B, H)
         return context, weights
+
+
+class LuongAttention(Attention):
+    """Luong et al. 2015, "general": score(h_t, m_s) = h_t . (W_a m_s)."""
+
+    def score(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        return torch.bmm(keys, query[:, :, None]).squeeze(2)  # (B, S)
+
+
+class BahdanauAttention(Attention):
+    """Bahdanau et al. 2015, additive: score(h_t, m_s) = v . tanh(W_q h_t + W_k m_s)."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__(hidden_size)
+        self.query = nn.Linear(hidden_size, hidden_size, bias=True)
+        self.energy = nn.Linear(hidden_size, 1, bias=False)
+
+    def score(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        return self.energy(torch.tanh(keys + self.query(query)[:, None, :])).squeeze(2)  # (B, S)
+
+
+ATTENTION_CLASSES: dict[AttentionKind, type[Attention]] = {
+    AttentionKind.luong: LuongAttention,
+    AttentionKind.bahdanau: BahdanauAttention,
+}
+
+
+def make_attention(kind: AttentionKind, hidden_size: int) -> Attention | None:
+    """The attention of `kind`, or None for the design's model (`none`)."""
+    if kind == AttentionKind.none:
+        return None
+    if kind not in ATTENTION_CLASSES:
+        raise MTError(f"unknown attention {kind!r}; known: {', '.join(map(str, ATTENTION_CLASSES))}")
+    return ATTENTION_CLASSES[kind](hidden_size)
 
 
 class Decoder(nn.Module):
@@ -167,7 +194,7 @@ class Decoder(nn.Module):
         self.embedding = embedding
         self.dropout = nn.Dropout(config.dropout)
         hidden = config.hidden_size
-        self.attention = Attention(config.attention, hidden) if config.attention != "none" else None
+        self.attention = make_attention(config.attention, hidden)
         feed_size = hidden if self.attention is not None else 0
         self.rnn = make_rnn(config, config.embedding_size + feed_size, hidden, bidirectional=False)
         # Attentional vector h~_t = tanh(W_c [c_t; h_t]) (Luong et al. 2015).

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from mt.config import MTError
+from mt.config import MTError, SubwordModel
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
-MODEL_TYPES = ("unigram", "bpe")
 
 
 class Tokenizer:
@@ -92,7 +91,7 @@ def train_sentencepiece(
     sentences: Iterable[str],
     *,
     vocab_size: int,
-    model_type: str = "unigram",
+    model_type: SubwordModel | str = SubwordModel.unigram,
     character_coverage: float = 1.0,
     input_sentence_size: int = 2_000_000,
     seed: int = 1,
@@ -102,8 +101,7 @@ def train_sentencepiece(
     Large corpora are sampled (`input_sentence_size`, shuffled) rather than
     read whole.
     """
-    if model_type not in MODEL_TYPES:
-        raise MTError(f"model type must be one of {', '.join(MODEL_TYPES)}; got {model_type!r}")
+    model_type = SubwordModel.parse("model type", model_type)
     spm.set_random_generator_seed(seed)
     proto = io.BytesIO()
     try:
@@ -111,7 +109,7 @@ def train_sentencepiece(
             sentence_iterator=(s for s in sentences if s.strip()),
             model_writer=proto,
             vocab_size=vocab_size,
-            model_type=model_type,
+            model_type=model_type.value,
             character_coverage=character_coverage,
             input_sentence_size=input_sentence_size,
             shuffle_input_sentence=True,

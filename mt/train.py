@@ -22,25 +22,24 @@ batches, so a run can resume with another number of workers.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import json
 import math
+import os
 import signal
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from rich.console import Console
-from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskProgressColumn, TextColumn, TimeElapsedColumn
-from rich.text import Text
 
 from mt import distributed
-from mt.checkpoint import load_checkpoint, save_checkpoint
+from mt.checkpoint import load_checkpoint, read_info, resolve, save_checkpoint, write_atomic
 from mt.config import DecodeConfig, ModelConfig, MTError, TrainConfig
 from mt.data import TokenizedCorpus, collate, make_batches
 from mt.evaluate import score
@@ -79,6 +78,53 @@ class TrainResult:
     state: TrainerState
 
 
+def provenance(
+    source_language: str,
+    target_language: str,
+    train_corpora: list[dict[str, Any]],
+    valid_corpora: list[str],
+    seed: int,
+    workers: int,
+    init_from: Path | None = None,
+    parent: Any = None,
+) -> dict[str, Any]:
+    """How a model was made, stored in each of its checkpoints: languages, corpora
+    (spec, upsampling factor, fingerprint), the parent of a fine-tuned model, the
+    command line and the versions of what trained it."""
+    import platform
+    import sys
+
+    import sacrebleu
+    import sentencepiece
+
+    from mt import __version__
+
+    parent_record = None
+    if init_from is not None:
+        path = resolve(init_from)
+        with open(path, "rb") as handle:
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        keys = ("source_language", "target_language", "train_corpora", "step", "command")
+        parent_record = {"path": str(path), "sha256": digest, **{key: parent.info[key] for key in keys if key in parent.info}}
+    return {
+        "source_language": source_language,
+        "target_language": target_language,
+        "train_corpora": train_corpora,
+        "valid_corpora": valid_corpora,
+        "init_from": parent_record,
+        "seed": seed,
+        "workers": workers,
+        "command": " ".join(["mt", *sys.argv[1:]]) if Path(sys.argv[0]).name in ("mt", "__main__.py") else None,
+        "versions": {
+            "mt": __version__,
+            "torch": torch.__version__,
+            "sentencepiece": sentencepiece.__version__,
+            "sacrebleu": sacrebleu.__version__,
+            "python": platform.python_version(),
+        },
+    }
+
+
 def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float, pad_id: int) -> torch.Tensor:
     """logits (B, T, V), target (B, T) -> mean cross-entropy over real target tokens."""
     return F.cross_entropy(
@@ -104,6 +150,71 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.T
             index, name = key.removeprefix("trainer.optimizer.").split(".", 1)
             slots.setdefault(int(index), {})[name] = value
     optimizer.load_state_dict({"state": slots, "param_groups": groups})
+
+
+# TrainConfig fields a resumed run may change: the budget, the schedule of validations and
+# checkpoints, and how the update is computed (workers x accumulate batches, bf16).
+RESUMABLE_CHANGES = {
+    "max_epochs", "max_steps", "max_minutes", "patience", "validate_every", "validation_beam",
+    "keep_checkpoints", "accumulate", "bf16",
+}  # fmt: skip
+
+
+class RunDirectory:
+    """A training run's directory and the rules for reusing it.
+
+    The run owns `best.safetensors`, `last.safetensors`, `step-*.safetensors`,
+    `log.jsonl` and `lock`: --overwrite deletes only those, and only after
+    every input was read. One process at a time: `lock()` holds an exclusive
+    flock on RUN/lock, which the kernel releases when the process ends, so a
+    killed run leaves no stale lock.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.last = self.path / "last.safetensors"
+
+    def check(self, overwrite: bool) -> bool:
+        """Whether to resume (reads only the header of `last`); refuses a file as the
+        directory, a finished run and a `last` without trainer state."""
+        if self.path.exists() and not self.path.is_dir():
+            raise MTError(f"--output {self.path} is a file; the run needs a directory")
+        if overwrite or not self.last.exists():
+            return False
+        state = read_info(self.last).get("trainer_state")
+        if not isinstance(state, dict):
+            raise MTError(
+                f"{self.last} holds no trainer state (a copy of a best or averaged checkpoint?); "
+                "pass --overwrite to start afresh, or move it away"
+            )
+        if state.get("finished"):
+            raise MTError(f"{self.path} holds a finished run; pass --overwrite to train again, or choose another --output")
+        return True
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the run's lock; another process holding it is an error. Removes the
+        temporary files of writes that a killed process left behind."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / "lock", "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                owner = handle.read().strip() or "?"
+                raise MTError(f"another mt train (process {owner}) is using {self.path}; wait for it, or choose another --output") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+            for leftover in self.path.glob(".*.safetensors.*.tmp"):
+                leftover.unlink(missing_ok=True)
+            yield
+
+    def clear(self) -> None:
+        """Delete the run's own files (--overwrite), nothing else."""
+        for path in [self.path / "best.safetensors", self.last, self.path / "log.jsonl", *self.path.glob("step-*.safetensors")]:
+            path.unlink(missing_ok=True)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -139,7 +250,28 @@ class _StopOnSignal:
             signal.signal(signum, previous)
 
 
+class Reporter:
+    """What the trainer tells the outside world as it goes. This base class tells
+    nothing; the CLI's reporter draws a progress bar and prints validations."""
+
+    def started(self, total_steps: int, state: TrainerState, deadline: float | None) -> None:
+        """Training starts (or resumes at `state.step`); `deadline`: time.monotonic() when the time budget ends."""
+
+    def updated(self, state: TrainerState, loss_average: float) -> None:
+        """An update was made (`state.step` counts it); `loss_average`: a running mean of the loss."""
+
+    def validated(self, record: dict[str, Any]) -> None:
+        """A validation finished; `record` is what log.jsonl gets."""
+
+
 class Trainer:
+    """Trains one model on one (possibly mixed) corpus and keeps its run directory.
+
+    `model` is the Seq2Seq module; `network` is what the training steps call:
+    the module itself, or its DistributedDataParallel wrapper under torchrun.
+    `info` is the run's provenance, stored in every checkpoint.
+    """
+
     def __init__(
         self,
         model_config: ModelConfig,
@@ -150,7 +282,6 @@ class Trainer:
         output: Path,
         device: torch.device,
         info: dict[str, Any],
-        console: Console | None = None,
     ):
         self.model_config = model_config
         self.config = train_config
@@ -162,7 +293,7 @@ class Trainer:
         self.output = Path(output)
         self.device = device
         self.info = info
-        self.console = console or Console(stderr=True)
+        self.reporter = Reporter()
         self.workers = distributed.current()
 
         torch.manual_seed(train_config.seed)
@@ -181,7 +312,7 @@ class Trainer:
 
     @property
     def last_path(self) -> Path:
-        return self.output / "last.safetensors"
+        return RunDirectory(self.output).last
 
     @property
     def best_path(self) -> Path:
@@ -215,18 +346,43 @@ class Trainer:
         info = {**self._info(), "trainer_state": self.state.__dict__, "optimizer_groups": groups}
         save_checkpoint(self.last_path, self.model, self.tokenizers, info, extra)
 
-    def resume(self) -> None:
-        """Continue from `last` (the model config must match this run's)."""
+    def resume(self) -> list[str]:
+        """Continue from `last`. Refuses another architecture, tokenizer, training or
+        validation corpora, or recipe; the budget and schedule (`RESUMABLE_CHANGES`) may
+        change. Returns those changes, as "name old -> new"."""
         checkpoint = load_checkpoint(self.last_path, self.device, with_extra=True)
+        advice = "resume with the options and files it started with, or pass --overwrite to start afresh"
         if checkpoint.model.config != self.model_config:
-            raise MTError(f"{self.last_path} was trained with another model config; pass --overwrite to start afresh")
+            raise MTError(f"{self.last_path} was trained with another model config; {advice}")
+        mine = (self.tokenizers.source.model_proto, self.tokenizers.target.model_proto)
+        if (checkpoint.tokenizers.source.model_proto, checkpoint.tokenizers.target.model_proto) != mine:
+            raise MTError(f"{self.last_path} was trained with another tokenizer; {advice}")
+        for key, what in (("train_corpora", "training corpora (or their files changed)"), ("valid_corpora", "validation sets")):
+            if key in checkpoint.info and key in self.info and checkpoint.info[key] != self.info[key]:
+                raise MTError(f"{self.last_path} was trained on other {what}; {advice}")
+        recorded, current = checkpoint.info.get("train_config", {}), self.config.to_dict()
+        changed = sorted(key for key in current if key in recorded and recorded[key] != current[key])
+        refused = [key for key in changed if key not in RESUMABLE_CHANGES]
+        if refused:
+            differences = ", ".join(f"{key} {recorded[key]} (now {current[key]})" for key in refused)
+            raise MTError(f"{self.last_path} was trained with {differences}; {advice}")
+        state = TrainerState(**checkpoint.info["trainer_state"])
+        cfg = self.config
+        if state.epoch >= cfg.max_epochs or (cfg.max_steps and state.step >= cfg.max_steps):
+            raise MTError(
+                f"{self.output} has trained {state.epoch} epochs ({state.step} updates) already, so --epochs "
+                f"{cfg.max_epochs}{f' --max-steps {cfg.max_steps}' if cfg.max_steps else ''} leaves nothing to train; give a larger budget"
+            )
         self.model.load_state_dict(checkpoint.model.state_dict())
         _load_optimizer(self.optimizer, checkpoint.extra, checkpoint.info["optimizer_groups"])
-        self.state = TrainerState(**checkpoint.info["trainer_state"])
+        self.state = state
         torch.set_rng_state(checkpoint.extra["trainer.rng.cpu"])
         if "trainer.rng.cuda" in checkpoint.extra and torch.cuda.is_available():
             torch.cuda.set_rng_state(checkpoint.extra["trainer.rng.cuda"])
         self._seed_worker()
+        if self.workers.is_main:  # validations logged after `last` was saved are done again: log them once
+            write_atomic(self.output / "log.jsonl", "".join(json.dumps(r) + "\n" for r in state.history).encode())
+        return [f"{key} {recorded[key]} -> {current[key]}" for key in changed]
 
     # -- validation --------------------------------------------------------
 
@@ -350,7 +506,10 @@ class Trainer:
         self.optimizer.step()
         return loss, int(tokens), grad_norm
 
-    def run(self, progress: Progress | None = None) -> TrainResult:
+    def run(self, reporter: Reporter | None = None) -> TrainResult:
+        """Train until the epoch, step or time budget is spent or early stopping
+        says stop; raises `Interrupted` after saving `last` on Ctrl-C or SIGTERM."""
+        self.reporter = reporter or Reporter()
         self.output.mkdir(parents=True, exist_ok=True)
         cfg, state = self.config, self.state
         per_update = self.workers.world_size * cfg.accumulate  # batches
@@ -362,64 +521,69 @@ class Trainer:
                 f"takes (--accumulate {cfg.accumulate}{workers}); lower --batch-tokens or --accumulate"
             )
         total_steps = cfg.max_steps or cfg.max_epochs * (batches_per_epoch // per_update)
-        self.model.train()
         deadline = time.monotonic() + 60 * cfg.max_minutes - state.elapsed_seconds if cfg.max_minutes else None
-        task = progress.add_task("training", total=total_steps, completed=state.step, info="", deadline=deadline) if progress else None
-        consecutive_bad = 0
-        run_start, elapsed_before = time.perf_counter(), state.elapsed_seconds
-        loss_average = None
+        self.reporter.started(total_steps, state, deadline)
+        self.model.train()
+        self._run_start, self._elapsed_before = time.perf_counter(), state.elapsed_seconds
+        self._consecutive_bad, self._loss_average = 0, None
         stop = False
         with _StopOnSignal(self):
             while state.epoch < cfg.max_epochs and not stop:
-                generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state.epoch)
-                batches = make_batches(self.corpus.lengths, cfg.batch_tokens, generator)
-                # Batches left over after the last whole update of an epoch wait for the next shuffle.
-                while state.batch_in_epoch + per_update <= len(batches) and not stop:
-                    mine = state.batch_in_epoch + self.workers.rank * cfg.accumulate
-                    started = time.perf_counter()
-                    result = self.train_step(batches[mine : mine + cfg.accumulate])
-                    state.train_seconds += time.perf_counter() - started
-                    state.batch_in_epoch += per_update
-                    if result is None:
-                        state.skipped_steps += 1
-                        consecutive_bad += 1
-                        if consecutive_bad >= cfg.max_bad_steps:
-                            raise MTError(
-                                f"training diverged: {consecutive_bad} steps in a row had a non-finite loss or "
-                                "gradient; lower --lr or --clip-norm"
-                            )
-                    else:
-                        consecutive_bad = 0
-                        state.step += 1
-                        state.elapsed_seconds = elapsed_before + time.perf_counter() - run_start
-                        loss, tokens, grad_norm = result
-                        state.gradient_norm_sum += grad_norm
-                        state.gradient_norm_count += 1
-                        state.clipped_steps += grad_norm > cfg.clip_norm
-                        loss_average = loss if loss_average is None else 0.98 * loss_average + 0.02 * loss
-                        state.train_tokens += tokens
-                        if progress is not None:
-                            rate = state.train_tokens / max(state.train_seconds, 1e-9)
-                            info = f"epoch {state.epoch + 1} loss {loss_average:.3f} {rate:,.0f} tok/s best BLEU {max(state.best_bleu, 0):.2f}"
-                            progress.update(task, completed=state.step, info=info)
-                            if not progress.console.is_terminal and state.step % 100 == 0:  # a log file gets a line now and then
-                                progress.console.print(f"step {state.step}/{total_steps}  {info}")
-                        if cfg.validate_every and state.step % cfg.validate_every == 0:
-                            stop = self._validate_and_report(progress)
-                    stop = self._agree_to_stop() or stop
-                if self.stop_requested:
-                    self.save_last()
-                    raise Interrupted
-                if state.batch_in_epoch + per_update > len(batches):
-                    state.epoch += 1
-                    state.batch_in_epoch = 0
-                    if not cfg.validate_every:
-                        stop = self._validate_and_report(progress) or stop
+                stop = self._train_epoch(per_update)
         if not state.history or state.history[-1]["step"] != state.step:
-            self._validate_and_report(progress)
+            self._validate_and_report()
         state.finished = True
         self.save_last()
         return TrainResult(self.best_path, self.last_path, state.best_bleu, state)
+
+    def _train_epoch(self, per_update: int) -> bool:
+        """Train on what is left of the current epoch; True when training should stop."""
+        cfg, state = self.config, self.state
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state.epoch)
+        batches = make_batches(self.corpus.lengths, cfg.batch_tokens, generator)
+        stop = False
+        # Batches left over after the last whole update of an epoch wait for the next shuffle.
+        while state.batch_in_epoch + per_update <= len(batches) and not stop:
+            mine = state.batch_in_epoch + self.workers.rank * cfg.accumulate
+            stop = self._update(batches[mine : mine + cfg.accumulate], per_update)
+            stop = self._agree_to_stop() or stop
+        if self.stop_requested:
+            self.save_last()
+            raise Interrupted
+        if state.batch_in_epoch + per_update > len(batches):
+            state.epoch += 1
+            state.batch_in_epoch = 0
+            if not cfg.validate_every:
+                stop = self._validate_and_report() or stop
+        return stop
+
+    def _update(self, batches: Sequence[torch.Tensor], per_update: int) -> bool:
+        """One update and its bookkeeping; True when the validation it triggers says stop."""
+        cfg, state = self.config, self.state
+        started = time.perf_counter()
+        result = self.train_step(batches)
+        state.train_seconds += time.perf_counter() - started
+        state.batch_in_epoch += per_update
+        if result is None:
+            state.skipped_steps += 1
+            self._consecutive_bad += 1
+            if self._consecutive_bad >= cfg.max_bad_steps:
+                raise MTError(
+                    f"training diverged: {self._consecutive_bad} steps in a row had a non-finite loss or "
+                    "gradient; lower --lr or --clip-norm"
+                )
+            return False
+        self._consecutive_bad = 0
+        loss, tokens, grad_norm = result
+        state.step += 1
+        state.elapsed_seconds = self._elapsed_before + time.perf_counter() - self._run_start
+        state.gradient_norm_sum += grad_norm
+        state.gradient_norm_count += 1
+        state.clipped_steps += grad_norm > cfg.clip_norm
+        state.train_tokens += tokens
+        self._loss_average = loss if self._loss_average is None else 0.98 * self._loss_average + 0.02 * loss
+        self.reporter.updated(state, self._loss_average)
+        return bool(cfg.validate_every and state.step % cfg.validate_every == 0) and self._validate_and_report()
 
     def _agree_to_stop(self) -> bool:
         """Whether to stop now: on Ctrl-C or at the end of the step or time budget
@@ -433,49 +597,25 @@ class Trainer:
         self.stop_requested = bool(interrupted)
         return bool(interrupted or out_of_budget)
 
-    def _validate_and_report(self, progress: Progress | None) -> bool:
-        """Validate on the first worker (save `last`, print a line) and share its
-        verdict with the others; True when early stopping says stop."""
+    def _validate_and_report(self) -> bool:
+        """Validate on the first worker (save `last`, report) and share its verdict
+        with the others; True when early stopping says stop."""
         if self.workers.is_main:
             record = self.validate()
             self.save_last()
-            mark = " (best)" if record.get("best") else ""
-            sets = record.get("validation_sets", {})
-            per_set = " (" + ", ".join(f"{name} {s['bleu']:.2f}" for name, s in sets.items()) + ")" if sets else ""
-            line = (
-                f"step {record['step']}  epoch {record['epoch']}  valid loss {record['validation_loss']:.3f}  "
-                f"valid BLEU {record['validation_bleu']:.2f}{per_set}{mark}  lr {record['learning_rate']:.2e}"
-            )
-            (progress.console if progress else self.console).print(line)
+            self.reporter.validated(record)
         # Best BLEU, learning rate, patience and history, as the first worker has them.
         vars(self.state).update(distributed.from_main(vars(self.state)))
         patience = self.config.patience
         return bool(patience) and self.state.validations_without_gain >= patience
 
 
-class TimeLeftColumn(ProgressColumn):
-    """Time until training ends: the estimate from the step rate, or the time
-    left of the --max-minutes budget (task field `deadline`) when that is sooner."""
-
-    def render(self, task: Task) -> Text:
-        remaining = task.time_remaining
-        deadline = task.fields.get("deadline")
-        if deadline is not None:
-            budget = max(0.0, deadline - time.monotonic())
-            remaining = budget if remaining is None else min(remaining, budget)
-        return Text("-:--:--" if remaining is None else str(timedelta(seconds=int(remaining))), style="progress.remaining")
-
-
-def progress_bar(console: Console) -> Progress:
-    """The training bar; on a terminal only (a log file gets a line every 100 steps)."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeLeftColumn(),
-        TextColumn("{task.fields[info]}"),
-        console=console,
-        disable=not console.is_terminal,
+def validation_line(record: dict[str, Any]) -> str:
+    """One line of text for a validation record."""
+    mark = " (best)" if record.get("best") else ""
+    sets = record.get("validation_sets", {})
+    per_set = " (" + ", ".join(f"{name} {s['bleu']:.2f}" for name, s in sets.items()) + ")" if sets else ""
+    return (
+        f"step {record['step']}  epoch {record['epoch']}  valid loss {record['validation_loss']:.3f}  "
+        f"valid BLEU {record['validation_bleu']:.2f}{per_set}{mark}  lr {record['learning_rate']:.2e}"
     )

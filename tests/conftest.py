@@ -24,7 +24,7 @@ if "HF_DATASETS_CACHE" not in os.environ:  # corpora read by the tests are cache
     os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="mt-tests-datasets-")
     atexit.register(shutil.rmtree, os.environ["HF_DATASETS_CACHE"], ignore_errors=True)
 
-from mt.config import ATTENTIONS, CELLS, ModelConfig  # noqa: E402
+from mt.config import AttentionKind, Cell, ModelConfig  # noqa: E402
 from mt.model import Seq2Seq  # noqa: E402
 from mt.tokenizer import TokenizerPair, train_sentencepiece  # noqa: E402
 
@@ -94,7 +94,7 @@ def corpus_prefix(tmp_path_factory, corpus_pairs) -> str:
 
 ARCHITECTURES = [
     {"cell": cell, "attention": attention, "bidirectional": bidirectional}
-    for cell, attention, bidirectional in itertools.product(CELLS, ATTENTIONS, (False, True))
+    for cell, attention, bidirectional in itertools.product([c.value for c in Cell], [a.value for a in AttentionKind], (False, True))
 ]
 
 

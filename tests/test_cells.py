@@ -8,13 +8,13 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from mt.cells import ReferenceRNN, Trace
-from mt.config import CELLS
+from mt.config import Cell
 
 FUSED = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
 
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
-@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("cell", [c.value for c in Cell])
 def test_reference_cell_matches_the_fused_kernel_in_outputs_and_gradients(cell, bidirectional):
     torch.manual_seed(0)
     fused = FUSED[cell](5, 7, num_layers=2, batch_first=True, bidirectional=bidirectional).double()

@@ -13,7 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -144,18 +144,29 @@ def test_ctrl_c_under_torchrun_saves_last_and_one_process_resumes(corpus_prefix,
     # No validation: `last` can only come from the orderly stop.
     command = mt_train(corpus_prefix, tmp_path / "tokenizer", output, "--epochs", "100000", "--max-steps", "1000000", "--validate-every", "1000000")
     launcher = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while not output.exists():  # the trainer makes it as its loop starts
-        assert launcher.poll() is None and time.monotonic() < deadline, launcher.communicate()
-        time.sleep(0.1)
-    time.sleep(2)
+    # Wait for training to be under way (a log gets a progress line every 100 updates), not for a time.
+    stderr_lines: list[str] = []
+    training = threading.Event()
+
+    def read_stderr() -> None:
+        for line in launcher.stderr:
+            stderr_lines.append(line)
+            if line.startswith("step "):
+                training.set()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    assert training.wait(timeout=180), "".join(stderr_lines)
     os.killpg(launcher.pid, signal.SIGINT)  # Ctrl-C in a terminal: torchrun and both workers
-    _, stderr = launcher.communicate(timeout=120)
-    assert "Resume with the same command" in stderr
+    launcher.wait(timeout=120)
+    reader.join(timeout=30)
+    assert "Resume with the same command" in "".join(stderr_lines)
     state = load_checkpoint(output / "last.safetensors", with_extra=True).info["trainer_state"]
     assert state["step"] > 0 and not state["finished"]
 
-    resume = mt_train(corpus_prefix, tmp_path / "tokenizer", output, "--max-steps", str(state["step"] + 3), "--accumulate", "2", workers=1)
+    resume = mt_train(
+        corpus_prefix, tmp_path / "tokenizer", output, "--epochs", "100000", "--max-steps", str(state["step"] + 3), "--accumulate", "2", workers=1
+    )
     resumed = subprocess.run(resume, env=ENV, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming {output} at step {state['step']}" in " ".join(resumed.stderr.split())
