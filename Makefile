@@ -8,7 +8,7 @@ SHARED_MULTI30K := $(SHARED_DATA)/multi30k
 #   make install TORCH="torch --index-url https://download.pytorch.org/whl/cpu"
 TORCH ?= torch==2.13.0
 
-.PHONY: install data translate test bench bench-memory clean
+.PHONY: install data translate test lint serve bench bench-memory bench-serve clean
 
 install: $(VENV)/.installed
 
@@ -43,6 +43,15 @@ translate: install
 test: install
 	$(BIN)/python -m pytest
 
+# ruff: lint and check formatting (`ruff format` and `ruff check --fix` repair most of it).
+lint: install
+	$(BIN)/ruff check mt tests bench
+	$(BIN)/ruff format --check mt tests bench
+
+# The translation server (LibreTranslate-compatible API and a page at /) on http://127.0.0.1:5000.
+serve: install
+	$(BIN)/mt serve
+
 # Speed, memory and quality on this machine (about 7 minutes on 2 cores); see docs/benchmarks.md.
 bench: data
 	$(BIN)/python bench/benchmark.py
@@ -50,6 +59,10 @@ bench: data
 # Peak memory of train-tokenizer and train on synthetic corpora of 100k and 1M pairs (about 2 minutes).
 bench-memory: install
 	$(BIN)/python bench/corpus_memory.py
+
+# mt serve under 1, 8 and 32 concurrent clients, with and without batching; runs/bench/serve_load.json.
+bench-serve: data
+	$(BIN)/python bench/serve_load.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -60,7 +60,11 @@ def training_flops_per_token(config) -> tuple[float, float]:
     gates = {"lstm": 4, "gru": 3, "rnn": 1}[config.cell]
     hidden, embedding = config.hidden_size, config.embedding_size
     stack = sum(gates * hidden * ((embedding if layer == 0 else hidden) + hidden) for layer in range(config.num_layers))
-    readout = hidden * embedding + embedding * config.tgt_vocab_size if config.tie_embeddings else hidden * config.tgt_vocab_size
+    readout = (
+        hidden * embedding + embedding * config.tgt_vocab_size
+        if config.tie_embeddings
+        else hidden * config.tgt_vocab_size
+    )
     return 6.0 * stack, 6.0 * (stack + readout)
 
 
@@ -80,10 +84,14 @@ def training(options: dict) -> dict:
     datasets.disable_progress_bars()
     tokenizers = load_checkpoint(options["tokenizer_model"]).tokenizers
     train_config = TrainConfig()
-    corpus = tokenize_corpus(load_corpus(options["train"], options["src"], options["tgt"]), tokenizers, train_config.max_length)
+    corpus = tokenize_corpus(
+        load_corpus(options["train"], options["src"], options["tgt"]), tokenizers, train_config.max_length
+    )
     config = ModelConfig(src_vocab_size=tokenizers.source.vocab_size, tgt_vocab_size=tokenizers.target.vocab_size)
     with tempfile.TemporaryDirectory() as scratch:
-        trainer = Trainer(config, train_config, tokenizers, corpus, {"none": ([], [])}, Path(scratch), torch.device("cpu"), {})
+        trainer = Trainer(
+            config, train_config, tokenizers, corpus, {"none": ([], [])}, Path(scratch), torch.device("cpu"), {}
+        )
     model = trainer.model.train()
     bucketed = make_batches(corpus.lengths, train_config.batch_tokens, torch.Generator().manual_seed(1))
     sentences_per_batch = round(len(corpus) / len(bucketed))
@@ -117,7 +125,10 @@ def training(options: dict) -> dict:
     for indices in itertools.cycle(batches[1:] or batches):
         step(indices)
         source_lengths, target_lengths = source_length[indices], target_length[indices]
-        source_tokens, target_tokens = source_tokens + int(source_lengths.sum()), target_tokens + int(target_lengths.sum())
+        source_tokens, target_tokens = (
+            source_tokens + int(source_lengths.sum()),
+            target_tokens + int(target_lengths.sum()),
+        )
         padded += int(source_lengths.max() + target_lengths.max()) * len(indices)
         updates += 1
         if time.perf_counter() - started >= options["seconds"]:
@@ -147,8 +158,8 @@ def translation(options: dict) -> dict:
     from mt.checkpoint import load_checkpoint
     from mt.config import DecodeConfig
     from mt.evaluate import score
-    from mt.translator import Translator
     from mt.model import quantize_int8
+    from mt.translator import Translator
 
     sources, references = _test_set(options)
     checkpoint = load_checkpoint(options["model"])
@@ -202,7 +213,11 @@ def textbook_translation(options: dict) -> dict:
                 output.append(token.item())
             hypotheses.append(tokenizers.target.decode([output])[0])
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "sentences_per_second": len(sources) / seconds, "bleu": score(hypotheses, references)["bleu"]}
+    return {
+        "seconds": seconds,
+        "sentences_per_second": len(sources) / seconds,
+        "bleu": score(hypotheses, references)["bleu"],
+    }
 
 
 # -- the driver ---------------------------------------------------------------
@@ -211,7 +226,16 @@ def textbook_translation(options: dict) -> dict:
 def run_phase(name: str, options: dict) -> dict:
     """Run one measurement in a fresh process; add its peak resident memory."""
     with tempfile.NamedTemporaryFile(suffix=".json") as result_file:
-        command = [sys.executable, __file__, "--phase", name, "--phase-options", json.dumps(options), "--output", result_file.name]
+        command = [
+            sys.executable,
+            __file__,
+            "--phase",
+            name,
+            "--phase-options",
+            json.dumps(options),
+            "--output",
+            result_file.name,
+        ]
         process = subprocess.Popen(command)
         _, status, usage = os.wait4(process.pid, 0)
         if os.waitstatus_to_exitcode(status) != 0:
@@ -226,7 +250,9 @@ def cold_start(model: str, sentence: str, runs: int) -> float:
     times = []
     for _ in range(runs):
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "mt", "translate", "--model", model, sentence], check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "mt", "translate", "--model", model, sentence], check=True, capture_output=True
+        )
         times.append(time.perf_counter() - started)
     return statistics.median(times)
 
@@ -234,7 +260,14 @@ def cold_start(model: str, sentence: str, runs: int) -> float:
 def machine() -> dict:
     import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
@@ -256,7 +289,12 @@ def table(results: dict) -> str:
         f"| training speed-up over the textbook loop | {train['tokens_per_second'] / naive['tokens_per_second']:.2f}x |",
         f"| training peak memory (mt / textbook) | {train['peak_rss_mb']:.0f} / {naive['peak_rss_mb']:.0f} MB |",
     ]
-    for key, label in (("greedy", "greedy"), ("beam5", "beam 5"), ("greedy_int8", "greedy, int8"), ("beam5_int8", "beam 5, int8")):
+    for key, label in (
+        ("greedy", "greedy"),
+        ("beam5", "beam 5"),
+        ("greedy_int8", "greedy, int8"),
+        ("beam5_int8", "beam 5, int8"),
+    ):
         r = results[key]
         rows.append(
             f"| translate {results['sentences']} sentences, {label} | {r['seconds']:.2f} s, {r['sentences_per_second']:.0f} sentences/s, BLEU {r['bleu']:.2f}, "
@@ -267,7 +305,7 @@ def table(results: dict) -> str:
         f"| translate, textbook loop (one sentence at a time, greedy) | {textbook['seconds']:.2f} s, {textbook['sentences_per_second']:.0f} sentences/s, BLEU {textbook['bleu']:.2f} |",
         f"| speed-up over the textbook decoder, greedy / beam 5 | {results['greedy']['sentences_per_second'] / textbook['sentences_per_second']:.1f}x / {results['beam5']['sentences_per_second'] / textbook['sentences_per_second']:.1f}x |",
         f"| int8 speed-up, greedy / beam 5 | {results['greedy']['seconds'] / results['greedy_int8']['seconds']:.2f}x / {results['beam5']['seconds'] / results['beam5_int8']['seconds']:.2f}x |",
-        f"| cold `mt translate \"...\"` (new process, median of {results['cold_runs']}) | {results['cold_start_seconds']:.2f} s |",
+        f'| cold `mt translate "..."` (new process, median of {results["cold_runs"]}) | {results["cold_start_seconds"]:.2f} s |',
     ]
     return "\n".join(rows)
 
@@ -275,7 +313,9 @@ def table(results: dict) -> str:
 @app.command()
 def main(
     model: Annotated[str, typer.Option(help="Model to translate with.")] = "checkpoints/de-en",
-    tokenizer_model: Annotated[str, typer.Option(help="Checkpoint whose tokenizers the training measurement uses.")] = "checkpoints/de-en-base",
+    tokenizer_model: Annotated[
+        str, typer.Option(help="Checkpoint whose tokenizers the training measurement uses.")
+    ] = "checkpoints/de-en-base",
     train: Annotated[str, typer.Option(help="Training corpus (as for mt train).")] = "data/multi30k/train",
     src: str = "de",
     tgt: str = "en",
@@ -297,20 +337,39 @@ def main(
     for path in (model, tokenizer_model, test_src, test_ref):
         if not Path(path).exists():
             raise SystemExit(f"error: {path} does not exist (run `make data` for Multi30k)")
-    common = {"model": model, "test_src": test_src, "test_ref": test_ref, "sentences": sentences, "latency_sentences": latency_sentences}
-    training_options = {"tokenizer_model": tokenizer_model, "train": train, "src": src, "tgt": tgt, "seconds": train_seconds}
+    common = {
+        "model": model,
+        "test_src": test_src,
+        "test_ref": test_ref,
+        "sentences": sentences,
+        "latency_sentences": latency_sentences,
+    }
+    training_options = {
+        "tokenizer_model": tokenizer_model,
+        "train": train,
+        "src": src,
+        "tgt": tgt,
+        "seconds": train_seconds,
+    }
     results: dict[str, Any] = {"machine": machine(), "sentences": len(_test_set(common)[0])}
     results["matmul_peak"] = run_phase("matmul_peak", {"seconds": peak_seconds})
     results["training"] = run_phase("training", {**training_options, "loop": "mt"})
     results["textbook_training"] = run_phase("training", {**training_options, "loop": "textbook"})
-    for key, beam, quantize in (("greedy", 1, False), ("beam5", 5, False), ("greedy_int8", 1, True), ("beam5_int8", 5, True)):
+    for key, beam, quantize in (
+        ("greedy", 1, False),
+        ("beam5", 5, False),
+        ("greedy_int8", 1, True),
+        ("beam5_int8", 5, True),
+    ):
         results[key] = run_phase("translation", {**common, "beam": beam, "quantize": quantize})
     results["textbook_translation"] = run_phase("textbook_translation", common)
     results["cold_runs"] = cold_runs
     results["cold_start_seconds"] = cold_start(model, "Ein Mann fährt mit dem Fahrrad.", cold_runs)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"{results['machine']['cpu']}, {results['machine']['cores']} cores, torch {results['machine']['torch']}, {results['machine']['date']}")
+    print(
+        f"{results['machine']['cpu']}, {results['machine']['cores']} cores, torch {results['machine']['torch']}, {results['machine']['date']}"
+    )
     print(table(results))
     print(f"results: {output}")
 

@@ -81,7 +81,12 @@ def run_size(pairs: int, steps: int, max_sentences: int, scratch: Path) -> dict:
     prefix = scratch / "train"
     write_corpus(prefix, pairs, seed=1)
     write_corpus(scratch / "valid", 200, seed=2)
-    env = {**os.environ, "HF_DATASETS_CACHE": str(scratch / "datasets-cache"), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "HF_DATASETS_CACHE": str(scratch / "datasets-cache"),
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HUB_OFFLINE": "1",
+    }
     mt = [sys.executable, "-m", "mt"]
     corpus = ["--src", "src", "--tgt", "tgt"]
     tokenizer = measure(
@@ -99,7 +104,8 @@ def run_size(pairs: int, steps: int, max_sentences: int, scratch: Path) -> dict:
     return {
         "pairs": pairs,
         "corpus_mb": sum(path.stat().st_size for path in scratch.glob("train.*")) / 2**20,
-        "datasets_cache_mb": sum(p.stat().st_size for p in (scratch / "datasets-cache").rglob("*") if p.is_file()) / 2**20,
+        "datasets_cache_mb": sum(p.stat().st_size for p in (scratch / "datasets-cache").rglob("*") if p.is_file())
+        / 2**20,
         "train_tokenizer": tokenizer,
         "train": training,
         "updates": log[-1]["step"],
@@ -115,12 +121,16 @@ def describe(measurement: dict[str, float]) -> str:
 
 @app.command()
 def main(
-    pairs: Annotated[list[int], typer.Option(help="Corpus sizes to measure (repeat the option).")] = [100_000, 1_000_000],
+    pairs: Annotated[list[int], typer.Option(help="Corpus sizes to measure (repeat the option).")] = None,
     steps: Annotated[int, typer.Option(help="Training updates at each size.")] = 20,
     max_sentences: Annotated[int, typer.Option(help="mt train-tokenizer --max-sentences.")] = 200_000,
-    output: Annotated[Path, typer.Option(help="Where to write the JSON results.")] = Path("runs/bench/corpus_memory.json"),
+    output: Annotated[Path, typer.Option(help="Where to write the JSON results.")] = Path(
+        "runs/bench/corpus_memory.json"
+    ),
 ):
     """Peak memory of mt train-tokenizer and mt train on synthetic corpora of growing size."""
+    if pairs is None:
+        pairs = [100000, 1000000]
     rows = []
     for size in pairs:
         with tempfile.TemporaryDirectory(prefix="mt-corpus-memory-") as scratch:
@@ -132,7 +142,9 @@ def main(
             flush=True,
         )
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": rows}, indent=2) + "\n")
+    output.write_text(
+        json.dumps({"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": rows}, indent=2) + "\n"
+    )
     print(f"results: {output}")
 
 

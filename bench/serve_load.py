@@ -42,7 +42,10 @@ def reference_translations(model: str, sentences: list[str], beam: int) -> tuple
     started = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-m", "mt", "translate", "--model", model, "--beam", str(beam)],
-        input="".join(s + "\n" for s in sentences), capture_output=True, text=True, check=True,
+        input="".join(s + "\n" for s in sentences),
+        capture_output=True,
+        text=True,
+        check=True,
     )
     lines = done.stdout.splitlines()
     if len(lines) != len(sentences):
@@ -58,7 +61,10 @@ class Server:
         self.started = time.perf_counter()
         self.process = subprocess.Popen(
             [sys.executable, "-c", code, json.dumps({"host": HOST, "port": 0, **options})],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         self.lines: list[str] = []
         self._announced = threading.Event()
@@ -74,7 +80,9 @@ class Server:
             if line.startswith("serving "):
                 self._announced.set()
 
-    def request(self, connection: http.client.HTTPConnection, method: str, path: str, body: dict | None = None) -> tuple[int, Any]:
+    def request(
+        self, connection: http.client.HTTPConnection, method: str, path: str, body: dict | None = None
+    ) -> tuple[int, Any]:
         payload = json.dumps(body).encode() if body is not None else None
         connection.request(method, path, body=payload, headers={"Content-Type": "application/json"} if payload else {})
         response = connection.getresponse()
@@ -106,7 +114,9 @@ def first_answer(server: Server, sentence: str) -> float:
     while time.monotonic() < deadline:
         connection = http.client.HTTPConnection(HOST, server.port, timeout=STARTUP_SECONDS)
         try:
-            status, _ = server.request(connection, "POST", "/translate", {"q": sentence, "source": "de", "target": "en"})
+            status, _ = server.request(
+                connection, "POST", "/translate", {"q": sentence, "source": "de", "target": "en"}
+            )
             if status == 200:
                 return time.perf_counter() - server.started
         except OSError:
@@ -197,7 +207,9 @@ def table(results: dict) -> str:
 @app.command()
 def main(
     source: Annotated[Path, typer.Option(help="German sentences, one per line (.gz allowed).")] = DEFAULT_SOURCE,
-    model: Annotated[str, typer.Option(help="The de->en model the reference and the server use.")] = "checkpoints/de-en",
+    model: Annotated[
+        str, typer.Option(help="The de->en model the reference and the server use.")
+    ] = "checkpoints/de-en",
     other_model: Annotated[str, typer.Option(help="The second model the server loads.")] = "checkpoints/en-de",
     requests: Annotated[int, typer.Option(help="Requests per concurrency level.")] = 2000,
     clients: Annotated[str, typer.Option(help="Concurrency levels, comma-separated.")] = "1,8,32",
@@ -214,8 +226,12 @@ def main(
     sentences = read_lines(source)
     expected, reference_seconds = reference_translations(model, sentences, beam)
     results: dict[str, Any] = {
-        "machine": machine(), "sentences": len(sentences), "beam": beam, "batch_wait_ms": batch_wait_ms,
-        "reference_seconds": reference_seconds, "modes": [],
+        "machine": machine(),
+        "sentences": len(sentences),
+        "beam": beam,
+        "batch_wait_ms": batch_wait_ms,
+        "reference_seconds": reference_seconds,
+        "modes": [],
     }
     for name, batching in (("on", True), ("off", False)):
         server = Server({"models": [model, other_model], "batch_wait_ms": batch_wait_ms, "batching": batching})
@@ -223,7 +239,10 @@ def main(
             mode = {"name": name, "cold_start_seconds": first_answer(server, sentences[0]), "levels": []}
             for level in levels:
                 mode["levels"].append(load(server, sentences, expected, level, requests, beam))
-                print(f"batching {name}, {level} clients: {mode['levels'][-1]['sentences_per_second']:.1f} sentences/s", file=sys.stderr)
+                print(
+                    f"batching {name}, {level} clients: {mode['levels'][-1]['sentences_per_second']:.1f} sentences/s",
+                    file=sys.stderr,
+                )
             mode["peak_rss_mb"] = server.peak_rss_mb()
         finally:
             server.stop()
@@ -231,7 +250,9 @@ def main(
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2) + "\n")
     machine_record = results["machine"]
-    print(f"{machine_record['cpu']}, {machine_record['cores']} cores, torch {machine_record['torch']}, {machine_record['date']}")
+    print(
+        f"{machine_record['cpu']}, {machine_record['cores']} cores, torch {machine_record['torch']}, {machine_record['date']}"
+    )
     print(table(results))
     print(f"results: {output}")
 

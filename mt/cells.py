@@ -37,7 +37,9 @@ def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return x.gather(1, index)
 
 
-def _lecture_weights(weight_ih: torch.Tensor, weight_hh: torch.Tensor, bias_ih: torch.Tensor, bias_hh: torch.Tensor, gate: int):
+def _lecture_weights(
+    weight_ih: torch.Tensor, weight_hh: torch.Tensor, bias_ih: torch.Tensor, bias_hh: torch.Tensor, gate: int
+):
     """W (H, H + E) and b (H,) of gate number `gate` in torch's layout, for [h_{t-1}, x_t]."""
     rows = slice(gate * weight_hh.size(1), (gate + 1) * weight_hh.size(1))
     return torch.cat([weight_hh[rows], weight_ih[rows]], dim=1), bias_ih[rows] + bias_hh[rows]
@@ -92,7 +94,15 @@ class ReferenceRNN(nn.Module):
     of a packed sequence: past its length a sequence's state stops changing,
     which is what packing does."""
 
-    def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0, bidirectional: bool = False):
+    def __init__(
+        self,
+        cell: str,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+    ):
         super().__init__()
         self.cell, self.hidden_size, self.num_layers = cell, hidden_size, num_layers
         self.dropout, self.bidirectional = dropout, bidirectional

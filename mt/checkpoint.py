@@ -99,7 +99,11 @@ def save_checkpoint(
         name: (t.to(dtype) if dtype is not None and t.is_floating_point() else t).detach().cpu().contiguous()
         for name, t in unique_weights(model).items()
     }
-    sides = (("source", tokenizers.source),) if tokenizers.joint else (("source", tokenizers.source), ("target", tokenizers.target))
+    sides = (
+        (("source", tokenizers.source),)
+        if tokenizers.joint
+        else (("source", tokenizers.source), ("target", tokenizers.target))
+    )
     for side, tokenizer in sides:  # a joint tokenizer is stored once
         tensors[f"tokenizer.{side}"] = torch.frombuffer(bytearray(tokenizer.model_proto), dtype=torch.uint8)
     tensors.update({name: t.detach().cpu().contiguous() for name, t in (extra or {}).items()})
@@ -169,7 +173,9 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu", with_extra: 
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     try:
         source = Tokenizer(tensors.pop("tokenizer.source").numpy().tobytes())
-        target = Tokenizer(tensors.pop("tokenizer.target").numpy().tobytes()) if "tokenizer.target" in tensors else source
+        target = (
+            Tokenizer(tensors.pop("tokenizer.target").numpy().tobytes()) if "tokenizer.target" in tensors else source
+        )
         tokenizers = TokenizerPair(source, target)
     except KeyError as error:
         raise MTError(f"{path} is missing part of a checkpoint: {error}") from None
@@ -193,7 +199,9 @@ def average_checkpoints(paths: list[Path]) -> Checkpoint:
     first = checkpoints[0]
     for path, other in zip(paths[1:], checkpoints[1:]):
         if other.model.config != first.model.config:
-            raise MTError(f"{path} has another model config than {paths[0]}; only checkpoints of one model can be averaged")
+            raise MTError(
+                f"{path} has another model config than {paths[0]}; only checkpoints of one model can be averaged"
+            )
     weights = [unique_weights(c.model) for c in checkpoints]
     with torch.no_grad():
         for name, tensor in weights[0].items():

@@ -16,7 +16,7 @@ import time
 from datetime import timedelta
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.progress import ProgressColumn
@@ -76,14 +76,21 @@ def default_model() -> Path:
 
 
 ModelOption = Annotated[
-    Optional[Path], typer.Option("--model", "-m", help="Checkpoint file or directory. [default: the shipped checkpoints/de-en]")
+    Path | None,
+    typer.Option("--model", "-m", help="Checkpoint file or directory. [default: the shipped checkpoints/de-en]"),
 ]
 BeamOption = Annotated[int, typer.Option("--beam", "-b", help="Beam size; 1 is greedy search.")]
 QuantizeOption = Annotated[
-    bool, typer.Option("--quantize", help="int8 weights in the recurrent and linear layers (CPU): faster, about 0.1 BLEU lower.")
+    bool,
+    typer.Option(
+        "--quantize", help="int8 weights in the recurrent and linear layers (CPU): faster, about 0.1 BLEU lower."
+    ),
 ]
 LengthPenaltyOption = Annotated[
-    float, typer.Option("--length-penalty", help="GNMT length penalty alpha: 0 ranks by raw log-probability, 1 normalises by length.")
+    float,
+    typer.Option(
+        "--length-penalty", help="GNMT length penalty alpha: 0 ranks by raw log-probability, 1 normalises by length."
+    ),
 ]
 DeviceOption = Annotated[Device, typer.Option(help="Where to run: auto picks CUDA when available.")]
 TrainOption = Annotated[
@@ -94,13 +101,16 @@ TrainOption = Annotated[
     ),
 ]
 ValidOption = Annotated[
-    list[str], typer.Option(help="Validation corpus, same forms as --train; repeat for several sets (the mean BLEU selects the model).")
+    list[str],
+    typer.Option(
+        help="Validation corpus, same forms as --train; repeat for several sets (the mean BLEU selects the model)."
+    ),
 ]
 DEFAULT_TRAIN = ["data/multi30k/train"]
 DEFAULT_VALID = ["data/multi30k/val"]
 SrcOption = Annotated[str, typer.Option(help="Source language (file suffix or dataset key).")]
 TgtOption = Annotated[str, typer.Option(help="Target language (file suffix or dataset key).")]
-TokenizerOption = Annotated[Optional[Path], typer.Option(help="Tokenizer directory. [default: data/tokenizers/SRC-TGT]")]
+TokenizerOption = Annotated[Path | None, typer.Option(help="Tokenizer directory. [default: data/tokenizers/SRC-TGT]")]
 EmbeddingOption = Annotated[int, typer.Option(help="Embedding size E.")]
 LayersOption = Annotated[int, typer.Option("--layers", help="Recurrent layers in encoder and decoder.")]
 BatchTokensOption = Annotated[int, typer.Option(help="Tokens per batch (padded, the longer side).")]
@@ -110,7 +120,9 @@ SeedOption = Annotated[int, typer.Option(help="Random seed: the same seed on CPU
 @app.command("prepare-data")
 @user_errors
 def prepare_data_cli(
-    dataset: Annotated[str, typer.Option(help="A Hugging Face translation dataset on the hub.")] = "bentrevett/multi30k",
+    dataset: Annotated[
+        str, typer.Option(help="A Hugging Face translation dataset on the hub.")
+    ] = "bentrevett/multi30k",
     output: Annotated[Path, typer.Option(help="Directory for the {split}.{lang}.gz files.")] = Path("data/multi30k"),
 ):
     """Download a translation dataset through `datasets` as one text file per split and language.
@@ -131,11 +143,16 @@ def train_tokenizer_cli(
     tgt: TgtOption = "en",
     vocab_size: Annotated[int, typer.Option(help="Subword vocabulary size (per tokenizer).")] = 8000,
     model_type: Annotated[SubwordModel, typer.Option(help="SentencePiece algorithm.")] = SubwordModel.unigram,
-    joint: Annotated[bool, typer.Option("--joint/--separate", help="One tokenizer for both languages, or one each.")] = True,
+    joint: Annotated[
+        bool, typer.Option("--joint/--separate", help="One tokenizer for both languages, or one each.")
+    ] = True,
     max_sentences: Annotated[
-        int, typer.Option(help="Learn from a random sample of at most this many sentences (per tokenizer) of a large corpus.")
+        int,
+        typer.Option(
+            help="Learn from a random sample of at most this many sentences (per tokenizer) of a large corpus."
+        ),
     ] = 2_000_000,
-    output: Annotated[Optional[Path], typer.Option(help="Output directory. [default: data/tokenizers/SRC-TGT]")] = None,
+    output: Annotated[Path | None, typer.Option(help="Output directory. [default: data/tokenizers/SRC-TGT]")] = None,
     seed: Annotated[int, typer.Option(help="Random seed for SentencePiece's sampling.")] = 1,
 ):
     """Train SentencePiece tokenizers on the training side of one or more corpora.
@@ -163,7 +180,10 @@ def train_tokenizer_cli(
     output = output or Path("data/tokenizers") / f"{src}-{tgt}"
     TokenizerPair(source, target).save(output)
     kind = "joint" if joint else "separate"
-    typer.echo(f"wrote {kind} {model_type.value} tokenizers ({source.vocab_size} / {target.vocab_size} pieces) to {output}", err=True)
+    typer.echo(
+        f"wrote {kind} {model_type.value} tokenizers ({source.vocab_size} / {target.vocab_size} pieces) to {output}",
+        err=True,
+    )
 
 
 @app.command("train")
@@ -175,18 +195,24 @@ def train_cli(
     src: SrcOption = "de",
     tgt: TgtOption = "en",
     tokenizer: TokenizerOption = None,
-    output: Annotated[Optional[Path], typer.Option(help="Run directory. [default: runs/SRC-TGT]")] = None,
+    output: Annotated[Path | None, typer.Option(help="Run directory. [default: runs/SRC-TGT]")] = None,
     embedding_size: EmbeddingOption = 256,
     hidden_size: Annotated[int, typer.Option(help="Hidden size H of the recurrent layers.")] = 512,
     num_layers: LayersOption = 2,
     dropout: Annotated[float, typer.Option(help="Dropout on embeddings, between layers and before the output.")] = 0.3,
     cell: Annotated[Cell, typer.Option(help="Recurrent cell.")] = Cell.lstm,
-    cell_impl: Annotated[CellImpl, typer.Option(help="fused: torch's kernels; reference: the lecture's equations (slow).")] = CellImpl.fused,
-    attention: Annotated[AttentionKind, typer.Option(help="none: the encoder's final state is all the decoder sees.")] = AttentionKind.none,
+    cell_impl: Annotated[
+        CellImpl, typer.Option(help="fused: torch's kernels; reference: the lecture's equations (slow).")
+    ] = CellImpl.fused,
+    attention: Annotated[
+        AttentionKind, typer.Option(help="none: the encoder's final state is all the decoder sees.")
+    ] = AttentionKind.none,
     bidirectional: Annotated[bool, typer.Option(help="Bidirectional encoder, bridged to the decoder.")] = False,
     reverse_source: Annotated[bool, typer.Option(help="Read the source backwards (Sutskever et al. 2014).")] = True,
     tie_embeddings: Annotated[bool, typer.Option(help="Tie the decoder's input and output embeddings.")] = True,
-    share_embeddings: Annotated[bool, typer.Option(help="One embedding matrix for both languages (joint tokenizer).")] = False,
+    share_embeddings: Annotated[
+        bool, typer.Option(help="One embedding matrix for both languages (joint tokenizer).")
+    ] = False,
     batch_tokens: BatchTokensOption = 4096,
     accumulate: Annotated[
         int, typer.Option(help="Batches per update (per worker under torchrun): a larger batch than memory allows.")
@@ -206,19 +232,23 @@ def train_cli(
     max_minutes: Annotated[float, typer.Option(help="Stop after this many minutes of wall time (0: no limit).")] = 0.0,
     keep_checkpoints: Annotated[int, typer.Option(help="Keep the last N validation checkpoints, for mt average.")] = 0,
     bf16: Annotated[
-        bool, typer.Option(help="bf16 autocast for the forward pass (faster on CPUs with AVX512-BF16 or AMX, and on GPUs); weights stay fp32.")
+        bool,
+        typer.Option(
+            help="bf16 autocast for the forward pass (faster on CPUs with AVX512-BF16 or AMX, and on GPUs); weights stay fp32."
+        ),
     ] = False,
     seed: SeedOption = 1,
     device: DeviceOption = Device.auto,
     init_from: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
             help="Start from this trained model's weights, tokenizer and architecture (fine-tuning), "
             "with a fresh optimizer and schedule; architecture options must agree with it."
         ),
     ] = None,
     overwrite: Annotated[
-        bool, typer.Option(help="Start afresh: delete the run's own checkpoints and log (only after every input was read).")
+        bool,
+        typer.Option(help="Start afresh: delete the run's own checkpoints and log (only after every input was read)."),
     ] = False,
 ):
     """Train an encoder-decoder; keeps the best (by validation BLEU) and the last checkpoint.
@@ -242,7 +272,9 @@ def train_cli(
     parent = load_checkpoint(init_from) if init_from is not None else None
     if parent is not None and _given(ctx, "tokenizer"):
         raise MTError("--tokenizer cannot be combined with --init-from: the model keeps its checkpoint's tokenizer")
-    tokenizers = parent.tokenizers if parent else TokenizerPair.load(tokenizer or Path("data/tokenizers") / f"{src}-{tgt}")
+    tokenizers = (
+        parent.tokenizers if parent else TokenizerPair.load(tokenizer or Path("data/tokenizers") / f"{src}-{tgt}")
+    )
     vocab_sizes = {"src_vocab_size": tokenizers.source.vocab_size, "tgt_vocab_size": tokenizers.target.vocab_size}
     model_config = _config(ModelConfig, {**ctx.params, **vocab_sizes})
     if parent is not None:
@@ -274,7 +306,9 @@ def train_cli(
                 with _progress_reporter(err) as reporter:
                     result = trainer.run(reporter)
             except Interrupted:
-                err.print(f"interrupted at step {trainer.state.step}; saved {trainer.last_path}. Resume with the same command.")
+                err.print(
+                    f"interrupted at step {trainer.state.step}; saved {trainer.last_path}. Resume with the same command."
+                )
                 raise typer.Exit(130) from None
         err.print(f"best validation BLEU {result.best_bleu:.2f}: {result.best}")
         err.print(f"last checkpoint: {result.last}")
@@ -285,11 +319,23 @@ def train_cli(
 def _config(cls, options: dict):
     """A config dataclass from the command's options of the same names (choices by their value)."""
     names = {field.name for field in dataclasses.fields(cls)}
-    return cls(**{name: value.value if isinstance(value, Enum) else value for name, value in options.items() if name in names})
+    return cls(
+        **{name: value.value if isinstance(value, Enum) else value for name, value in options.items() if name in names}
+    )
 
 
 # ModelConfig fields that make the architecture (each set by the option of the same name).
-ARCHITECTURE = ("embedding_size", "hidden_size", "num_layers", "cell", "attention", "bidirectional", "reverse_source", "tie_embeddings", "share_embeddings")
+ARCHITECTURE = (
+    "embedding_size",
+    "hidden_size",
+    "num_layers",
+    "cell",
+    "attention",
+    "bidirectional",
+    "reverse_source",
+    "tie_embeddings",
+    "share_embeddings",
+)
 
 
 def _given(ctx: typer.Context, parameter: str) -> bool:
@@ -333,14 +379,22 @@ def _training_data(train: list[str], valid: list[str], src: str, tgt: str, token
         train_data = load_corpus(spec.spec, src, tgt)
         part = tokenize_corpus(train_data, tokenizers, max_length)
         if not len(part):
-            raise MTError(f"{spec.spec}: no training pairs left after filtering empty and longer than {max_length} subwords")
+            raise MTError(
+                f"{spec.spec}: no training pairs left after filtering empty and longer than {max_length} subwords"
+            )
         times = f", taken {spec.factor} times per epoch" if spec.factor > 1 else ""
         err.print(
             f"training pairs of {spec.spec}: {len(part):,} kept, {part.dropped:,} dropped "
             f"(empty or longer than {max_length} subwords){times}"
         )
         parts.append((part, spec.factor))
-        provenance.append({"corpus": spec.spec, "factor": spec.factor, "fingerprint": corpus_fingerprint(spec.spec, src, tgt, train_data)})
+        provenance.append(
+            {
+                "corpus": spec.spec,
+                "factor": spec.factor,
+                "fingerprint": corpus_fingerprint(spec.spec, src, tgt, train_data),
+            }
+        )
     return TokenizedCorpus.mix(parts), validation, provenance
 
 
@@ -361,7 +415,9 @@ class TimeLeftColumn(ProgressColumn):
         if deadline is not None:
             budget = max(0.0, deadline - time.monotonic())
             remaining = budget if remaining is None else min(remaining, budget)
-        return Text("-:--:--" if remaining is None else str(timedelta(seconds=int(remaining))), style="progress.remaining")
+        return Text(
+            "-:--:--" if remaining is None else str(timedelta(seconds=int(remaining))), style="progress.remaining"
+        )
 
 
 def _progress_reporter(console):
@@ -388,11 +444,16 @@ def _progress_reporter(console):
 
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
     return ProgressReporter(
-        *columns, TextColumn("ETA"), TimeLeftColumn(), TextColumn("{task.fields[info]}"), console=console, disable=not console.is_terminal
+        *columns,
+        TextColumn("ETA"),
+        TimeLeftColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        disable=not console.is_terminal,
     )
 
 
-def _load_translator(model: Optional[Path], device: Device, quantize: bool):
+def _load_translator(model: Path | None, device: Device, quantize: bool):
     from mt.translator import Translator
 
     return Translator.from_checkpoint(model or default_model(), resolve_device(device), quantize)
@@ -406,7 +467,7 @@ def _decode_config(beam: int, length_penalty: float):
     return DecodeConfig(beam_size=beam, length_penalty=length_penalty)
 
 
-def _check_output_file(path: Optional[Path]) -> None:
+def _check_output_file(path: Path | None) -> None:
     """Fail before any work when an output file cannot be written."""
     if path is not None and path.is_dir():
         raise MTError(f"--output {path} is a directory; give a file name")
@@ -420,7 +481,7 @@ def evaluate_cli(
     model: ModelOption = None,
     beam: BeamOption = 5,
     length_penalty: LengthPenaltyOption = 1.0,
-    output: Annotated[Optional[Path], typer.Option(help="Write the translations to this file.")] = None,
+    output: Annotated[Path | None, typer.Option(help="Write the translations to this file.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")] = False,
     device: DeviceOption = Device.auto,
     quantize: QuantizeOption = False,
@@ -446,7 +507,17 @@ def evaluate_cli(
         write_atomic(output, "".join(h + "\n" for h in hypotheses).encode())
     scores = score(hypotheses, references)
     if as_json:
-        typer.echo(json.dumps({"model": str(model or default_model()), "beam": beam, "length_penalty": length_penalty, "quantize": quantize, **scores}))
+        typer.echo(
+            json.dumps(
+                {
+                    "model": str(model or default_model()),
+                    "beam": beam,
+                    "length_penalty": length_penalty,
+                    "quantize": quantize,
+                    **scores,
+                }
+            )
+        )
         return
     typer.echo(f"BLEU  {scores['bleu']:6.2f}  {scores['bleu_signature']}")
     typer.echo(f"BLEU  {scores['bleu_lowercase']:6.2f}  {scores['bleu_lowercase_signature']}")
@@ -489,12 +560,14 @@ def _show_alignment(translator, source: str, translation: str) -> None:
 @app.command("translate")
 @user_errors
 def translate_cli(
-    text: Annotated[Optional[list[str]], typer.Argument(help="Sentences to translate; without them, read stdin.")] = None,
+    text: Annotated[list[str] | None, typer.Argument(help="Sentences to translate; without them, read stdin.")] = None,
     model: ModelOption = None,
     beam: BeamOption = 5,
     length_penalty: LengthPenaltyOption = 1.0,
     n_best: Annotated[int, typer.Option(help="Show the N best translations with their scores (interactive).")] = 1,
-    show_attention: Annotated[bool, typer.Option(help="Show the source-target attention (interactive, attention models).")] = False,
+    show_attention: Annotated[
+        bool, typer.Option(help="Show the source-target attention (interactive, attention models).")
+    ] = False,
     split: Annotated[
         bool, typer.Option("--split/--no-split", help="Translate a text of several sentences sentence by sentence.")
     ] = True,
@@ -539,7 +612,10 @@ def _interactive(translator, decode, n_best: int, show_attention: bool, split: b
     except OSError:
         pass
     info = translator.tokenizers
-    typer.echo(f"mt {__version__}: type a sentence, Enter to translate; Ctrl-D to quit. ({info.source.vocab_size} subwords)", err=True)
+    typer.echo(
+        f"mt {__version__}: type a sentence, Enter to translate; Ctrl-D to quit. ({info.source.vocab_size} subwords)",
+        err=True,
+    )
     try:
         while True:
             line = input("> ")
@@ -564,7 +640,9 @@ def _interactive(translator, decode, n_best: int, show_attention: bool, split: b
 @app.command("average")
 @user_errors
 def average_cli(
-    checkpoints: Annotated[list[Path], typer.Argument(help="Checkpoints of one model, e.g. runs/de-en/step-*.safetensors.")],
+    checkpoints: Annotated[
+        list[Path], typer.Argument(help="Checkpoints of one model, e.g. runs/de-en/step-*.safetensors.")
+    ],
     output: Annotated[Path, typer.Option(help="Where to write the averaged checkpoint (file or directory).")],
     fp16: Annotated[bool, typer.Option(help="Store the weights in float16 (half the size).")] = False,
 ):
@@ -586,14 +664,23 @@ def average_cli(
 @app.command("inspect")
 @user_errors
 def inspect_cli(
-    model: Annotated[Optional[list[Path]], typer.Option("--model", "-m", help="Checkpoint(s); repeat to compare. [default: the shipped model]")] = None,
-    src: Annotated[Optional[Path], typer.Option(help="Source sentences. [default: data/multi30k/val.SRC.gz]")] = None,
-    ref: Annotated[Optional[Path], typer.Option(help="Their references. [default: data/multi30k/val.TGT.gz]")] = None,
+    model: Annotated[
+        list[Path] | None,
+        typer.Option("--model", "-m", help="Checkpoint(s); repeat to compare. [default: the shipped model]"),
+    ] = None,
+    src: Annotated[Path | None, typer.Option(help="Source sentences. [default: data/multi30k/val.SRC.gz]")] = None,
+    ref: Annotated[Path | None, typer.Option(help="Their references. [default: data/multi30k/val.TGT.gz]")] = None,
     sentences: Annotated[int, typer.Option(help="How many sentences to average over.")] = 64,
     distance: Annotated[int, typer.Option(help="Measure the gradient up to this many steps back in time.")] = 15,
-    log: Annotated[Optional[list[Path]], typer.Option(help="A run's log.jsonl: plot its learning curves; repeat to compare runs.")] = None,
-    sentence: Annotated[Optional[str], typer.Option(help="Sentence for the attention heatmap. [default: the first source]")] = None,
-    untrained: Annotated[bool, typer.Option(help="Also measure each model freshly initialised (same config, seed 1).")] = False,
+    log: Annotated[
+        list[Path] | None, typer.Option(help="A run's log.jsonl: plot its learning curves; repeat to compare runs.")
+    ] = None,
+    sentence: Annotated[
+        str | None, typer.Option(help="Sentence for the attention heatmap. [default: the first source]")
+    ] = None,
+    untrained: Annotated[
+        bool, typer.Option(help="Also measure each model freshly initialised (same config, seed 1).")
+    ] = False,
     output: Annotated[Path, typer.Option(help="Directory for the PNG plots and inspect.json.")] = Path("inspect"),
 ):
     """Measure what the lecture talks about: the gradient reaching each encoder step
@@ -633,7 +720,9 @@ def inspect_cli(
         references = read_lines(ref or Path(f"data/multi30k/val.{info.get('target_language', 'en')}.gz"))[:sentences]
         found = inspect_model(checkpoint.model, checkpoint.tokenizers, sources, references, distance, sentence)
         flow = flows[f"{label} ({config.cell})"] = found.flow
-        typer.echo(f"{label}: {config.cell}, attention {config.attention}; |dL/dh_t| by steps before the last one read ({flow.sentences} sentences)")
+        typer.echo(
+            f"{label}: {config.cell}, attention {config.attention}; |dL/dh_t| by steps before the last one read ({flow.sentences} sentences)"
+        )
         for d in range(0, len(flow.hidden), max(1, len(flow.hidden) // 8)):
             cell = f"   |dL/dC| {flow.cell[d]:.3e}" if flow.cell else ""
             typer.echo(f"  {d:>3}  |dL/dh| {flow.hidden[d]:.3e}{cell}")
@@ -641,7 +730,9 @@ def inspect_cli(
         if found.gates:
             typer.echo("  encoder gates: mean (share < 0.1 / share > 0.9)")
             for layer, values in found.gates.items():
-                summary = "  ".join(f"{g} {v['mean']:.2f} ({v['near_0']:.0%}/{v['near_1']:.0%})" for g, v in values.items())
+                summary = "  ".join(
+                    f"{g} {v['mean']:.2f} ({v['near_0']:.0%}/{v['near_1']:.0%})" for g, v in values.items()
+                )
                 typer.echo(f"    {layer}: {summary}")
         if found.alignment:
             heatmap = output / ("attention-" + re.sub(r"[^\w.-]+", "-", label) + ".png")
@@ -704,19 +795,82 @@ def compare_cli(
     tokenizers = TokenizerPair.load(tokenizer or Path("data/tokenizers") / f"{src}-{tgt}")
     vocab_sizes = {"src_vocab_size": tokenizers.source.vocab_size, "tgt_vocab_size": tokenizers.target.vocab_size}
     config = _config(ModelConfig, {**ctx.params, **vocab_sizes})
-    train_config = TrainConfig(batch_tokens=batch_tokens, max_minutes=minutes, max_epochs=1000, patience=0, validate_every=validate_every, seed=seed)
+    train_config = TrainConfig(
+        batch_tokens=batch_tokens,
+        max_minutes=minutes,
+        max_epochs=1000,
+        patience=0,
+        validate_every=validate_every,
+        seed=seed,
+    )
     err = _stderr_console()
     corpus, validation, _ = _training_data(train, valid, src, tgt, tokenizers, train_config.max_length, err)
     with _progress_reporter(err) as reporter:
-        rows = compare_cells(config, train_config, tokenizers, corpus, validation, output, resolve_device(device), reporter=reporter)
+        rows = compare_cells(
+            config, train_config, tokenizers, corpus, validation, output, resolve_device(device), reporter=reporter
+        )
     (output / "compare.json").write_text(json.dumps(rows, indent=2) + "\n")
-    typer.echo("| cell | hidden | parameters | updates | tokens/s | val BLEU | sentences/s (greedy) | dL/dh first/last |")
+    typer.echo(
+        "| cell | hidden | parameters | updates | tokens/s | val BLEU | sentences/s (greedy) | dL/dh first/last |"
+    )
     typer.echo("|---|---|---|---|---|---|---|---|")
     for row in rows:
         typer.echo(
             f"| {row['cell']} | {row['hidden_size']} | {row['parameters']:,} | {row['updates']} | {row['tokens_per_second']:,} | "
             f"{row['validation_bleu']:.2f} | {row['sentences_per_second']} | {row['gradient_first_to_last']:.2e} |"
         )
+
+
+@app.command("serve")
+@user_errors
+def serve_cli(
+    model: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Checkpoint file or directory; repeat for several directions, one model each. "
+            "[default: the shipped checkpoints/de-en and checkpoints/en-de]",
+        ),
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; any but a loopback address opens the server to other machines.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on; 0 picks a free one.")] = 5000,
+    max_chars: Annotated[int, typer.Option(help="Most characters of text in one request.")] = 5000,
+    max_items: Annotated[int, typer.Option(help="Most texts in one request's q list.")] = 100,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MT_API_KEY",
+            help="Require this key on every call but the page: api_key in the body or Authorization: Bearer KEY.",
+        ),
+    ] = None,
+    batch_wait_ms: Annotated[
+        float, typer.Option(help="How long a model's worker waits for more requests to translate with the first.")
+    ] = 5.0,
+    batching: Annotated[
+        bool, typer.Option("--batching/--no-batching", help="Translate the requests that arrive together as one batch.")
+    ] = True,
+    device: DeviceOption = Device.auto,
+    quantize: QuantizeOption = False,
+):
+    """Serve translations over HTTP: a LibreTranslate-compatible JSON API and a web page.
+
+    POST /translate with {"q": "...", "source": "de", "target": "en"} answers
+    {"translatedText": "..."}; GET /languages lists the loaded directions; the
+    page at / translates as you type. Ctrl-C or SIGTERM finish the requests in
+    flight, then stop the server.
+
+    \b
+    Examples:
+      mt serve                          (http://127.0.0.1:5000: de->en and en->de)
+      mt serve --model checkpoints/de-en --port 8080
+      MT_API_KEY=secret mt serve --host 0.0.0.0
+    """
+    from mt.server import serve
+
+    serve(model, host, port, max_chars, max_items, api_key, batch_wait_ms, batching, resolve_device(device), quantize)
 
 
 @app.command("version")

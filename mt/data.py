@@ -170,9 +170,13 @@ def _read_datasets(spec: str, src_key: str, tgt_key: str) -> datasets.Dataset:
             if isinstance(dataset, datasets.DatasetDict):
                 dataset = dataset[split or "train"]
     except (FileNotFoundError, ValueError, KeyError, ConnectionError) as error:
-        raise MTError(f"cannot load dataset {spec!r}: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+        raise MTError(
+            f"cannot load dataset {spec!r}: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
+        ) from None
     except Exception as error:  # the hub client raises many types for a missing dataset
-        raise MTError(f"cannot load dataset {spec!r}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from None
+        raise MTError(
+            f"cannot load dataset {spec!r}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        ) from None
     columns = dataset.column_names
     if src_key in columns and tgt_key in columns:
         return dataset.select_columns([src_key, tgt_key]).rename_columns({src_key: "source", tgt_key: "target"})
@@ -401,7 +405,9 @@ def source_tensors(source: Sequence[Sequence[int]], pad_id: int, eos_id: int) ->
     return pad(closed, pad_id), torch.tensor([len(s) for s in closed], dtype=torch.long)
 
 
-def collate(source: Sequence[Sequence[int]], target: Sequence[Sequence[int]], pad_id: int, bos_id: int, eos_id: int) -> Batch:
+def collate(
+    source: Sequence[Sequence[int]], target: Sequence[Sequence[int]], pad_id: int, bos_id: int, eos_id: int
+) -> Batch:
     padded_source, source_lengths = source_tensors(source, pad_id, eos_id)
     return Batch(
         source=padded_source,
@@ -423,7 +429,9 @@ def export_dataset(name: str, output: Path) -> list[Path]:
     try:
         splits = datasets.load_dataset(name)
     except Exception as error:  # the hub client raises many types for a missing dataset
-        raise MTError(f"cannot load dataset {name!r}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from None
+        raise MTError(
+            f"cannot load dataset {name!r}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        ) from None
     output.mkdir(parents=True, exist_ok=True)
     written = []
     for split, dataset in splits.items():

@@ -85,7 +85,9 @@ def gradient_flow(model: Seq2Seq, batch: Batch, max_distance: int = 30) -> Gradi
 
 
 @torch.no_grad()
-def gate_statistics(model: Seq2Seq, batch: Batch, low: float = 0.1, high: float = 0.9) -> dict[str, dict[str, dict[str, float]]]:
+def gate_statistics(
+    model: Seq2Seq, batch: Batch, low: float = 0.1, high: float = 0.9
+) -> dict[str, dict[str, dict[str, float]]]:
     """Per encoder layer and gate: mean activation and the share saturated
     near 0 (< low) and near 1 (> high), over the real (unpadded) positions."""
     twin = reference_twin(model)
@@ -109,7 +111,9 @@ def gate_statistics(model: Seq2Seq, batch: Batch, low: float = 0.1, high: float 
     return statistics
 
 
-def pair_batch(config: ModelConfig, tokenizers: TokenizerPair, sources: Sequence[str], references: Sequence[str]) -> Batch:
+def pair_batch(
+    config: ModelConfig, tokenizers: TokenizerPair, sources: Sequence[str], references: Sequence[str]
+) -> Batch:
     """One teacher-forcing batch of the non-empty sentence pairs."""
     pairs = [(s, t) for s, t in zip(tokenizers.source.encode(sources), tokenizers.target.encode(references)) if s and t]
     if not pairs:
@@ -188,7 +192,10 @@ def read_log(path: Path) -> list[dict]:
             record = json.loads(line)
         except json.JSONDecodeError:
             record = None
-        if not (isinstance(record, dict) and {"step", "elapsed_seconds", "validation_loss", "validation_bleu"} <= record.keys()):
+        if not (
+            isinstance(record, dict)
+            and {"step", "elapsed_seconds", "validation_loss", "validation_bleu"} <= record.keys()
+        ):
             raise MTError(f"{path}: line {number} is not a validation record of mt train's log.jsonl")
         records.append(record)
     if not records:
@@ -233,6 +240,7 @@ def plot_attention(source: list[str], target: list[str], weights: torch.Tensor, 
 
 def hidden_size_for_budget(config: ModelConfig, budget: int) -> int:
     """The even hidden size that brings a model of `config` closest to `budget` parameters."""
+
     def size(hidden: int) -> int:
         return Seq2Seq(dataclasses.replace(config, hidden_size=hidden)).num_parameters()
 
@@ -257,8 +265,8 @@ def compare_cells(
 
     from mt.checkpoint import load_checkpoint
     from mt.config import DecodeConfig
-    from mt.translator import Translator
     from mt.train import Trainer
+    from mt.translator import Translator
 
     budget = Seq2Seq(dataclasses.replace(config, cell="lstm")).num_parameters()
     sources, references = next(iter(validation.values()))  # speed and gradients on the first set
@@ -266,7 +274,9 @@ def compare_cells(
     for cell in cells:
         cell_config = dataclasses.replace(config, cell=cell)
         cell_config = dataclasses.replace(cell_config, hidden_size=hidden_size_for_budget(cell_config, budget))
-        trainer = Trainer(cell_config, train_config, tokenizers, corpus, validation, output / cell, device, {"compare": cell})
+        trainer = Trainer(
+            cell_config, train_config, tokenizers, corpus, validation, output / cell, device, {"compare": cell}
+        )
         result = trainer.run(reporter)
         best = load_checkpoint(result.best, device)
         translator = Translator(best.model, best.tokenizers, device)

@@ -61,7 +61,9 @@ def start(device: torch.device) -> torch.device:
     try:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
     except ValueError as error:  # WORLD_SIZE set, but not the rest of torchrun's environment
-        raise MTError(f"cannot join the workers: {error}; start several workers with torchrun, or unset WORLD_SIZE") from None
+        raise MTError(
+            f"cannot join the workers: {error}; start several workers with torchrun, or unset WORLD_SIZE"
+        ) from None
     return device
 
 

@@ -37,7 +37,11 @@ def map_state(state: State, fn: Callable[[torch.Tensor], torch.Tensor]) -> State
 
 def make_rnn(config: ModelConfig, input_size: int, hidden_size: int, bidirectional: bool) -> nn.Module:
     """The recurrent layers: torch's fused kernels, or the lecture's equations (`cell_impl="reference"`)."""
-    options = dict(num_layers=config.num_layers, dropout=config.dropout if config.num_layers > 1 else 0.0, bidirectional=bidirectional)
+    options = dict(
+        num_layers=config.num_layers,
+        dropout=config.dropout if config.num_layers > 1 else 0.0,
+        bidirectional=bidirectional,
+    )
     if config.cell_impl == CellImpl.reference:
         rnn = ReferenceRNN(config.cell, input_size, hidden_size, **options)
     else:
@@ -99,7 +103,9 @@ class Encoder(nn.Module):
         self.rnn = make_rnn(config, config.embedding_size, config.hidden_size // directions, config.bidirectional)
         # The bridge maps the two directions' final states onto the decoder's initial state.
         self.bridge = (
-            nn.ModuleList(nn.Linear(config.hidden_size, config.hidden_size) for _ in range(2 if config.cell == "lstm" else 1))
+            nn.ModuleList(
+                nn.Linear(config.hidden_size, config.hidden_size) for _ in range(2 if config.cell == "lstm" else 1)
+            )
             if config.bidirectional
             else None
         )
@@ -294,5 +300,7 @@ def quantize_int8(model: Seq2Seq) -> Seq2Seq:
         try:
             from torch.ao.quantization import quantize_dynamic
         except ImportError:
-            raise MTError(f"this torch ({torch.__version__}) has no dynamic int8 quantisation; translate without --quantize") from None
+            raise MTError(
+                f"this torch ({torch.__version__}) has no dynamic int8 quantisation; translate without --quantize"
+            ) from None
         return quantize_dynamic(model.eval(), {nn.LSTM, nn.GRU, nn.RNN, nn.Linear}, dtype=torch.qint8, inplace=True)

@@ -41,7 +41,9 @@ def max_output_lengths(lengths: torch.Tensor, config: DecodeConfig) -> list[int]
 
 
 @torch.inference_mode()
-def greedy_search(model: Seq2Seq, source: torch.Tensor, lengths: torch.Tensor, config: DecodeConfig) -> list[list[Hypothesis]]:
+def greedy_search(
+    model: Seq2Seq, source: torch.Tensor, lengths: torch.Tensor, config: DecodeConfig
+) -> list[list[Hypothesis]]:
     """source (B, S), lengths (B,) -> one hypothesis per sentence: the most likely token at every step."""
     eos = model.config.eos_id
     batch = source.size(0)
@@ -49,7 +51,9 @@ def greedy_search(model: Seq2Seq, source: torch.Tensor, lengths: torch.Tensor, c
     limits = torch.tensor(max_output_lengths(lengths, config), device=source.device)  # (B,)
     previous = torch.full((batch,), model.config.bos_id, dtype=torch.long, device=source.device)
     finished = torch.zeros(batch, dtype=torch.bool, device=source.device)
-    generated = torch.zeros(batch, dtype=torch.long, device=source.device)  # tokens each sentence produced, eos included
+    generated = torch.zeros(
+        batch, dtype=torch.long, device=source.device
+    )  # tokens each sentence produced, eos included
     steps, scores = [], torch.zeros(batch, device=source.device)
     for t in range(int(limits.max())):
         log_probs, state, _ = model.decode_step(previous, state, encoded)  # (B, V)
@@ -129,7 +133,9 @@ def beam_search(
             if at_limit:
                 for j in range(k):
                     if torch.isfinite(scores[i, j]):
-                        finished[sentence].append(Hypothesis(history[i * k + j].tolist(), float(scores[i, j]) / penalty))
+                        finished[sentence].append(
+                            Hypothesis(history[i * k + j].tolist(), float(scores[i, j]) / penalty)
+                        )
             done.append(at_limit or len(finished[sentence]) >= k)
         if all(done):
             break

@@ -236,7 +236,9 @@ class TranslationWorker:
         self.batches += 1
         self.requests += len(jobs)
         try:
-            candidates = self.translator.translate_n_best(texts, DecodeConfig(beam_size=jobs[0].beam), n_best, split=True)
+            candidates = self.translator.translate_n_best(
+                texts, DecodeConfig(beam_size=jobs[0].beam), n_best, split=True
+            )
         except Exception as error:  # noqa: BLE001  (every request of the batch answers 500)
             for job in jobs:
                 _reply(job, None, error)
@@ -246,7 +248,13 @@ class TranslationWorker:
             found = candidates[position : position + len(job.texts)]
             position += len(job.texts)
             try:
-                _reply(job, [self._result(text, options[: job.n_best], job.alignment) for text, options in zip(job.texts, found)])
+                _reply(
+                    job,
+                    [
+                        self._result(text, options[: job.n_best], job.alignment)
+                        for text, options in zip(job.texts, found)
+                    ],
+                )
             except Exception as error:  # noqa: BLE001
                 _reply(job, None, error)
 
@@ -254,7 +262,9 @@ class TranslationWorker:
         attention = self.translator.alignment(source, candidates[0].text) if alignment else None
         if attention is not None:
             source_pieces, target_pieces, weights = attention  # weights (T, S)
-            attention = Alignment(source=source_pieces, target=target_pieces, weights=weights.double().round(decimals=4).tolist())
+            attention = Alignment(
+                source=source_pieces, target=target_pieces, weights=weights.double().round(decimals=4).tolist()
+            )
         return TextResult([c.text for c in candidates], [c.score for c in candidates], attention)
 
 
@@ -270,7 +280,9 @@ def load_workers(
     for path in models:
         source, target = checkpoint_languages(path)
         if (source, target) in seen:
-            raise MTError(f"{seen[source, target]} and {path} both translate {source} to {target}; give one model per direction")
+            raise MTError(
+                f"{seen[source, target]} and {path} both translate {source} to {target}; give one model per direction"
+            )
         seen[source, target] = path
         translator = Translator.from_checkpoint(path, device, quantize)
         workers.append(TranslationWorker(translator, source, target, batch_wait_ms, batching))
@@ -287,7 +299,9 @@ def checkpoint_languages(path: Path) -> tuple[str, str]:
         raise MTError(f"{resolved} is not a readable checkpoint: {error}") from None
     source, target = info.get("source_language"), info.get("target_language")
     if not (isinstance(source, str) and isinstance(target, str) and source and target):
-        raise MTError(f"{resolved} does not record its languages (source_language, target_language); the server needs them")
+        raise MTError(
+            f"{resolved} does not record its languages (source_language, target_language); the server needs them"
+        )
     return source, target
 
 
@@ -365,7 +379,9 @@ class _ServerErrors:
         try:
             await self.app(scope, receive, tracked_send)
         except Exception as error:  # noqa: BLE001
-            logger.error("%s %s failed: %s: %s", scope["method"], scope["path"], type(error).__name__, error, exc_info=error)
+            logger.error(
+                "%s %s failed: %s: %s", scope["method"], scope["path"], type(error).__name__, error, exc_info=error
+            )
             if not started:
                 await _error(500, f"internal server error ({type(error).__name__})")(scope, receive, send)
 
@@ -410,18 +426,24 @@ def create_app(
         if api_key is None:
             return
         bearer = request.headers.get("authorization", "")
-        given = key_in_body or (bearer[7:].strip() if bearer[:7].lower() == "bearer " else request.query_params.get("api_key"))
+        given = key_in_body or (
+            bearer[7:].strip() if bearer[:7].lower() == "bearer " else request.query_params.get("api_key")
+        )
         if not given or not secrets.compare_digest(given.encode(), api_key.encode()):
             raise HTTPException(403, "invalid or missing API key")
 
     def route(body: TranslateRequest) -> TranslationWorker:
         pairs = ", ".join(f"{s}->{t}" for s, t in routes)
         if body.source == "auto":
-            raise HTTPException(400, f"source language detection ('auto') is not supported; name the source language ({pairs})")
+            raise HTTPException(
+                400, f"source language detection ('auto') is not supported; name the source language ({pairs})"
+            )
         if body.format != "text":
             raise HTTPException(400, f"format {body.format!r} is not supported; send plain text with format 'text'")
         if (body.source, body.target) not in routes:
-            raise HTTPException(400, f"no model translates {body.source!r} to {body.target!r}; this server translates {pairs}")
+            raise HTTPException(
+                400, f"no model translates {body.source!r} to {body.target!r}; this server translates {pairs}"
+            )
         texts = body.texts
         if not texts or (isinstance(body.q, str) and not body.q.strip()):
             raise HTTPException(400, "q is empty: give a text or a list of texts")
@@ -431,7 +453,9 @@ def create_app(
         if characters > max_chars:
             raise HTTPException(400, f"q has {characters} characters; at most {max_chars} per request")
         if body.alternatives >= body.beam:
-            raise HTTPException(400, f"alternatives ({body.alternatives}) must be fewer than beam ({body.beam}): ask for a larger beam")
+            raise HTTPException(
+                400, f"alternatives ({body.alternatives}) must be fewer than beam ({body.beam}): ask for a larger beam"
+            )
         return routes[body.source, body.target]
 
     @app.post("/translate", response_model=TranslateResponse)
@@ -549,14 +573,20 @@ def serve(
     (0: any free port) and serve until Ctrl-C or SIGTERM, which finish the
     requests in flight first. `echo` prints the lines for the user (default: stderr)."""
     echo = echo or (lambda line: print(line, file=sys.stderr, flush=True))
-    for name, value, low in (("--max-chars", max_chars, 1), ("--max-items", max_items, 1), ("--batch-wait-ms", batch_wait_ms, 0)):
+    for name, value, low in (
+        ("--max-chars", max_chars, 1),
+        ("--max-items", max_items, 1),
+        ("--batch-wait-ms", batch_wait_ms, 0),
+    ):
         if value < low:
             raise MTError(f"{name} must be >= {low}, got {value}")
     if not 0 <= port <= 65535:
         raise MTError(f"--port must be between 0 and 65535, got {port}")
     if not is_loopback(host):
-        echo(f"warning: --host {host} is not a loopback address: anyone who can reach this machine can use the server"
-             + ("" if api_key else " (set --api-key to require a key)"))
+        echo(
+            f"warning: --host {host} is not a loopback address: anyone who can reach this machine can use the server"
+            + ("" if api_key else " (set --api-key to require a key)")
+        )
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -577,7 +607,9 @@ def serve(
     app = create_app(workers, max_chars, max_items, api_key)
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["loggers"]["mt"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
-    config = uvicorn.Config(app, host=host, port=port, log_config=log_config, timeout_graceful_shutdown=60, server_header=False)
+    config = uvicorn.Config(
+        app, host=host, port=port, log_config=log_config, timeout_graceful_shutdown=60, server_header=False
+    )
     pairs = ", ".join(f"{w.source}->{w.target}" for w in workers)
     url_host = f"[{host}]" if ":" in host else host
     echo(f"serving {pairs} on http://{url_host}:{port} (Ctrl-C to stop)")

@@ -83,7 +83,9 @@ class TokenizerPair:
     def load(cls, directory: Path) -> TokenizerPair:
         directory = Path(directory)
         if not (directory / "source.model").is_file():
-            raise MTError(f"no tokenizer in {directory} (expected source.model and target.model); run mt train-tokenizer")
+            raise MTError(
+                f"no tokenizer in {directory} (expected source.model and target.model); run mt train-tokenizer"
+            )
         return cls(Tokenizer.load(directory / "source.model"), Tokenizer.load(directory / "target.model"))
 
 

@@ -43,9 +43,9 @@ from mt.checkpoint import load_checkpoint, read_info, resolve, save_checkpoint, 
 from mt.config import DecodeConfig, ModelConfig, MTError, TrainConfig
 from mt.data import TokenizedCorpus, collate, make_batches
 from mt.evaluate import score
-from mt.translator import Translator
 from mt.model import Seq2Seq
 from mt.tokenizer import TokenizerPair
+from mt.translator import Translator
 
 
 @dataclass
@@ -105,7 +105,11 @@ def provenance(
         with open(path, "rb") as handle:
             digest = hashlib.file_digest(handle, "sha256").hexdigest()
         keys = ("source_language", "target_language", "train_corpora", "step", "command")
-        parent_record = {"path": str(path), "sha256": digest, **{key: parent.info[key] for key in keys if key in parent.info}}
+        parent_record = {
+            "path": str(path),
+            "sha256": digest,
+            **{key: parent.info[key] for key in keys if key in parent.info},
+        }
     return {
         "source_language": source_language,
         "target_language": target_language,
@@ -143,7 +147,9 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     return tensors, state["param_groups"]
 
 
-def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[dict[str, Any]]) -> None:
+def _load_optimizer(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[dict[str, Any]]
+) -> None:
     slots: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("trainer.optimizer."):
@@ -188,7 +194,9 @@ class RunDirectory:
                 "pass --overwrite to start afresh, or move it away"
             )
         if state.get("finished"):
-            raise MTError(f"{self.path} holds a finished run; pass --overwrite to train again, or choose another --output")
+            raise MTError(
+                f"{self.path} holds a finished run; pass --overwrite to train again, or choose another --output"
+            )
         return True
 
     @contextlib.contextmanager
@@ -202,7 +210,9 @@ class RunDirectory:
             except BlockingIOError:
                 handle.seek(0)
                 owner = handle.read().strip() or "?"
-                raise MTError(f"another mt train (process {owner}) is using {self.path}; wait for it, or choose another --output") from None
+                raise MTError(
+                    f"another mt train (process {owner}) is using {self.path}; wait for it, or choose another --output"
+                ) from None
             handle.seek(0)
             handle.truncate()
             handle.write(f"{os.getpid()}\n")
@@ -213,7 +223,12 @@ class RunDirectory:
 
     def clear(self) -> None:
         """Delete the run's own files (--overwrite), nothing else."""
-        for path in [self.path / "best.safetensors", self.last, self.path / "log.jsonl", *self.path.glob("step-*.safetensors")]:
+        for path in [
+            self.path / "best.safetensors",
+            self.last,
+            self.path / "log.jsonl",
+            *self.path.glob("step-*.safetensors"),
+        ]:
             path.unlink(missing_ok=True)
 
 
@@ -357,7 +372,10 @@ class Trainer:
         mine = (self.tokenizers.source.model_proto, self.tokenizers.target.model_proto)
         if (checkpoint.tokenizers.source.model_proto, checkpoint.tokenizers.target.model_proto) != mine:
             raise MTError(f"{self.last_path} was trained with another tokenizer; {advice}")
-        for key, what in (("train_corpora", "training corpora (or their files changed)"), ("valid_corpora", "validation sets")):
+        for key, what in (
+            ("train_corpora", "training corpora (or their files changed)"),
+            ("valid_corpora", "validation sets"),
+        ):
             if key in checkpoint.info and key in self.info and checkpoint.info[key] != self.info[key]:
                 raise MTError(f"{self.last_path} was trained on other {what}; {advice}")
         recorded, current = checkpoint.info.get("train_config", {}), self.config.to_dict()
@@ -453,7 +471,9 @@ class Trainer:
 
     def _save_numbered(self) -> None:
         """Keep the newest `keep_checkpoints` validation checkpoints (for `mt average`)."""
-        save_checkpoint(self.output / f"step-{self.state.step:07d}.safetensors", self.model, self.tokenizers, self._info())
+        save_checkpoint(
+            self.output / f"step-{self.state.step:07d}.safetensors", self.model, self.tokenizers, self._info()
+        )
         for old in sorted(self.output.glob("step-*.safetensors"))[: -self.config.keep_checkpoints]:
             old.unlink()
 
@@ -478,7 +498,9 @@ class Trainer:
         same averaged gradient)."""
         cfg = self.model_config
         micro_batches = [collate(*self.corpus.ids(indices), cfg.pad_id, cfg.bos_id, cfg.eos_id) for indices in batches]
-        counts = torch.tensor([[b.target_tokens, b.num_tokens] for b in micro_batches], dtype=torch.float64, device=self.device)
+        counts = torch.tensor(
+            [[b.target_tokens, b.num_tokens] for b in micro_batches], dtype=torch.float64, device=self.device
+        )
         target_tokens, tokens = distributed.sum_over_workers(counts.sum(dim=0)).tolist()
         self._set_learning_rate()
         self.optimizer.zero_grad(set_to_none=True)
@@ -491,9 +513,14 @@ class Trainer:
             last = number == len(micro_batches) - 1
             # The autocast region must close every step: it caches the bf16 copies of the
             # weights, and a region spanning updates would keep computing with stale ones.
-            with self._exchange_gradients(last), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
+            with (
+                self._exchange_gradients(last),
+                torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16),
+            ):
                 logits, _ = self.network(batch.source, batch.source_lengths, batch.target_in)
-                batch_loss = label_smoothed_loss(logits, batch.target_out, self.config.label_smoothing, cfg.pad_id) * weight
+                batch_loss = (
+                    label_smoothed_loss(logits, batch.target_out, self.config.label_smoothing, cfg.pad_id) * weight
+                )
             with self._exchange_gradients(last):
                 batch_loss.backward()
             loss_sum += batch_loss.detach()

@@ -37,7 +37,14 @@ ANIMALS = [
     ("der", "Fisch", "fish", "Fische", "fish"),
     ("die", "Maus", "mouse", "Mäuse", "mice"),
 ]
-COLOURS = [("rot", "red"), ("blau", "blue"), ("grün", "green"), ("gelb", "yellow"), ("schwarz", "black"), ("weiß", "white")]
+COLOURS = [
+    ("rot", "red"),
+    ("blau", "blue"),
+    ("grün", "green"),
+    ("gelb", "yellow"),
+    ("schwarz", "black"),
+    ("weiß", "white"),
+]
 NUMBERS = [("zwei", "two"), ("drei", "three"), ("vier", "four"), ("fünf", "five")]
 VERBS = [("schläft", "sleeps"), ("läuft", "runs"), ("frisst", "eats"), ("spielt", "plays")]
 
@@ -94,7 +101,9 @@ def corpus_prefix(tmp_path_factory, corpus_pairs) -> str:
 
 ARCHITECTURES = [
     {"cell": cell, "attention": attention, "bidirectional": bidirectional}
-    for cell, attention, bidirectional in itertools.product([c.value for c in Cell], [a.value for a in AttentionKind], (False, True))
+    for cell, attention, bidirectional in itertools.product(
+        [c.value for c in Cell], [a.value for a in AttentionKind], (False, True)
+    )
 ]
 
 
@@ -127,7 +136,9 @@ def make_model() -> Callable[..., Seq2Seq]:
     return build
 
 
-def random_sources(lengths: list[int], vocab_size: int, eos_id: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def random_sources(
+    lengths: list[int], vocab_size: int, eos_id: int = 3, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A padded (B, S) source batch of random real tokens (ids >= 4), each closed by eos, and its lengths (B,)."""
     generator = torch.Generator().manual_seed(seed)
     width = max(lengths)

@@ -28,7 +28,14 @@ def _numbers(value):
 
 def test_benchmark_runs_on_a_tiny_slice_and_reports_every_measurement(tokenizers, corpus_prefix, tmp_path):
     torch.manual_seed(0)
-    config = ModelConfig(src_vocab_size=tokenizers.source.vocab_size, tgt_vocab_size=tokenizers.target.vocab_size, embedding_size=8, hidden_size=16, num_layers=1, attention="luong")
+    config = ModelConfig(
+        src_vocab_size=tokenizers.source.vocab_size,
+        tgt_vocab_size=tokenizers.target.vocab_size,
+        embedding_size=8,
+        hidden_size=16,
+        num_layers=1,
+        attention="luong",
+    )
     model = tmp_path / "tiny.safetensors"
     save_checkpoint(model, Seq2Seq(config), tokenizers, {})
     arguments = [
@@ -37,10 +44,22 @@ def test_benchmark_runs_on_a_tiny_slice_and_reports_every_measurement(tokenizers
         "--sentences", 6, "--latency-sentences", 2, "--train-seconds", 0.5, "--peak-seconds", 0.2, "--cold-runs", 1,
         "--output", tmp_path / "bench.json",
     ]  # fmt: skip
-    process = subprocess.run([sys.executable, str(BENCHMARK), *map(str, arguments)], capture_output=True, text=True, timeout=600)
+    process = subprocess.run(
+        [sys.executable, str(BENCHMARK), *map(str, arguments)], capture_output=True, text=True, timeout=600
+    )
     assert process.returncode == 0, process.stderr
     results = json.loads((tmp_path / "bench.json").read_text())
-    for key in ("matmul_peak", "training", "textbook_training", "greedy", "beam5", "greedy_int8", "beam5_int8", "textbook_translation", "cold_start_seconds"):
+    for key in (
+        "matmul_peak",
+        "training",
+        "textbook_training",
+        "greedy",
+        "beam5",
+        "greedy_int8",
+        "beam5_int8",
+        "textbook_translation",
+        "cold_start_seconds",
+    ):
         assert key in results, key
     assert results["sentences"] == 6
     assert all(math.isfinite(number) and number >= 0 for number in _numbers(results))
@@ -50,12 +69,21 @@ def test_benchmark_runs_on_a_tiny_slice_and_reports_every_measurement(tokenizers
 
 def test_benchmark_refuses_missing_inputs_with_one_line(tmp_path):
     process = subprocess.run(
-        [sys.executable, str(BENCHMARK), "--model", str(tmp_path / "missing"), "--output", str(tmp_path / "bench.json")],
+        [
+            sys.executable,
+            str(BENCHMARK),
+            "--model",
+            str(tmp_path / "missing"),
+            "--output",
+            str(tmp_path / "bench.json"),
+        ],
         capture_output=True,
         text=True,
     )
     assert process.returncode != 0
-    assert process.stderr.strip().splitlines() == [f"error: {tmp_path / 'missing'} does not exist (run `make data` for Multi30k)"]
+    assert process.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'missing'} does not exist (run `make data` for Multi30k)"
+    ]
     assert not (tmp_path / "bench.json").exists()
 
 
@@ -63,8 +91,19 @@ CORPUS_MEMORY = BENCHMARK.parent / "corpus_memory.py"
 
 
 def test_corpus_memory_benchmark_runs_the_commands_on_a_small_corpus(tmp_path):
-    arguments = ["--pairs", "5000", "--steps", "2", "--max-sentences", "4000", "--output", str(tmp_path / "memory.json")]
-    process = subprocess.run([sys.executable, str(CORPUS_MEMORY), *arguments], capture_output=True, text=True, timeout=600)
+    arguments = [
+        "--pairs",
+        "5000",
+        "--steps",
+        "2",
+        "--max-sentences",
+        "4000",
+        "--output",
+        str(tmp_path / "memory.json"),
+    ]
+    process = subprocess.run(
+        [sys.executable, str(CORPUS_MEMORY), *arguments], capture_output=True, text=True, timeout=600
+    )
     assert process.returncode == 0, process.stderr
     (row,) = json.loads((tmp_path / "memory.json").read_text())["rows"]
     assert row["pairs"] == 5000 and row["updates"] == 2

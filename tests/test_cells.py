@@ -31,7 +31,9 @@ def test_reference_cell_matches_the_fused_kernel_in_outputs_and_gradients(cell, 
     out_ref, state_ref = reference(inputs_ref, None, lengths)
 
     torch.testing.assert_close(out_ref, out_fused, atol=1e-5, rtol=1e-5)
-    for ours, theirs in zip(state_ref if cell == "lstm" else (state_ref,), state_fused if cell == "lstm" else (state_fused,)):
+    for ours, theirs in zip(
+        state_ref if cell == "lstm" else (state_ref,), state_fused if cell == "lstm" else (state_fused,)
+    ):
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
 
     weights = torch.randn_like(out_fused)  # an arbitrary loss of outputs and final state

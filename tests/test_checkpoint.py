@@ -14,9 +14,9 @@ from safetensors.torch import save_file
 from mt.checkpoint import FILENAME, average_checkpoints, load_checkpoint, save_checkpoint
 from mt.config import DecodeConfig, ModelConfig, MTError
 from mt.evaluate import score
-from mt.translator import Translator
 from mt.model import Seq2Seq
 from mt.tokenizer import TokenizerPair, train_sentencepiece
+from mt.translator import Translator
 
 INFO = {"source_language": "de", "target_language": "en"}
 

@@ -46,7 +46,9 @@ def _offline_env() -> dict[str, str]:
     env = dict(os.environ)
     # One thread: the models are tiny, and on a busy machine OpenMP's spinning
     # threads make a two-thread run many times slower than a one-thread run.
-    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONIOENCODING="utf-8", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env.update(
+        HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONIOENCODING="utf-8", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"
+    )
     return env
 
 
@@ -55,8 +57,7 @@ def _run_mt(args: list[str], stdin: bytes | None = None, timeout: float = 120) -
     return subprocess.run(
         [*_mt_command(), *args],
         input=stdin if stdin is not None else b"",
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        capture_output=True,
         env=_offline_env(),
         timeout=timeout,
     )
@@ -242,7 +243,19 @@ def cli_tokenizer(cli_corpus) -> SimpleNamespace:
     """`mt train-tokenizer` on the template corpus (joint unigram, 150 pieces)."""
     output = cli_corpus.root / "tokenizer"
     result = _invoke(
-        ["train-tokenizer", "--train", cli_corpus.train, "--src", "de", "--tgt", "en", "--vocab-size", 150, "--output", output]
+        [
+            "train-tokenizer",
+            "--train",
+            cli_corpus.train,
+            "--src",
+            "de",
+            "--tgt",
+            "en",
+            "--vocab-size",
+            150,
+            "--output",
+            output,
+        ]
     )
     return SimpleNamespace(result=result, directory=output)
 
@@ -309,7 +322,18 @@ def test_train_tokenizer_writes_both_models_and_says_where(cli_tokenizer):
 def test_train_tokenizer_separate_gives_one_model_per_language(cli_corpus, tmp_path):
     output = tmp_path / "separate"
     result = _invoke(
-        ["train-tokenizer", "--train", cli_corpus.train, "--vocab-size", 60, "--separate", "--model-type", "bpe", "--output", output]
+        [
+            "train-tokenizer",
+            "--train",
+            cli_corpus.train,
+            "--vocab-size",
+            60,
+            "--separate",
+            "--model-type",
+            "bpe",
+            "--output",
+            output,
+        ]
     )
     assert result.exit_code == 0, result.output
     info = json.loads((output / "tokenizer.json").read_text())
@@ -418,7 +442,20 @@ def test_train_refuses_a_finished_run_without_overwrite(cli_corpus, cli_tokenize
 
 def test_evaluate_json_prints_one_object_with_scores_and_signatures(cli_corpus, cli_model):
     result = _invoke(
-        ["evaluate", "--model", cli_model, "--src", cli_corpus.valid_src, "--ref", cli_corpus.valid_ref, "--beam", 2, "--json", "--device", "cpu"]
+        [
+            "evaluate",
+            "--model",
+            cli_model,
+            "--src",
+            cli_corpus.valid_src,
+            "--ref",
+            cli_corpus.valid_ref,
+            "--beam",
+            2,
+            "--json",
+            "--device",
+            "cpu",
+        ]
     )
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
@@ -438,7 +475,9 @@ def test_evaluate_json_prints_one_object_with_scores_and_signatures(cli_corpus, 
 
 def test_evaluate_and_translate_quantized_give_one_line_each_and_no_warnings(cli_corpus, cli_model):
     arguments = ["--model", str(cli_model), "--quantize", "--device", "cpu"]
-    process = _run_mt(["evaluate", "--src", str(cli_corpus.valid_src), "--ref", str(cli_corpus.valid_ref), "--json", *arguments])
+    process = _run_mt(
+        ["evaluate", "--src", str(cli_corpus.valid_src), "--ref", str(cli_corpus.valid_ref), "--json", *arguments]
+    )
     assert process.returncode == 0, process.stderr
     assert json.loads(process.stdout)["quantize"] is True
     assert process.stderr.decode() == ""
@@ -449,7 +488,21 @@ def test_evaluate_and_translate_quantized_give_one_line_each_and_no_warnings(cli
 
 
 def test_evaluate_text_report_has_bleu_and_chrf_lines(cli_corpus, cli_model):
-    result = _invoke(["evaluate", "-m", cli_model, "--src", cli_corpus.valid_src, "--ref", cli_corpus.valid_ref, "--beam", 1, "--device", "cpu"])
+    result = _invoke(
+        [
+            "evaluate",
+            "-m",
+            cli_model,
+            "--src",
+            cli_corpus.valid_src,
+            "--ref",
+            cli_corpus.valid_ref,
+            "--beam",
+            1,
+            "--device",
+            "cpu",
+        ]
+    )
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert [line.split()[0] for line in lines] == ["BLEU", "BLEU", "chrF"]
@@ -458,7 +511,20 @@ def test_evaluate_text_report_has_bleu_and_chrf_lines(cli_corpus, cli_model):
 def test_evaluate_output_writes_one_translation_per_source_line(cli_corpus, cli_model, tmp_path):
     output = tmp_path / "out" / "hyp.en"
     result = _invoke(
-        ["evaluate", "--model", cli_model, "--src", cli_corpus.valid_src, "--ref", cli_corpus.valid_ref, "--output", output, "--json", "--device", "cpu"]
+        [
+            "evaluate",
+            "--model",
+            cli_model,
+            "--src",
+            cli_corpus.valid_src,
+            "--ref",
+            cli_corpus.valid_ref,
+            "--output",
+            output,
+            "--json",
+            "--device",
+            "cpu",
+        ]
     )
     assert result.exit_code == 0, result.output
     text = output.read_text(encoding="utf-8")
@@ -471,7 +537,9 @@ def test_evaluate_output_keeps_empty_source_lines(cli_model, tmp_path):
     src = _write_gz(tmp_path / "test.de.gz", ["Ein Hund läuft im Park.", "", "Eine Katze schläft."])
     ref = _write_gz(tmp_path / "test.en.gz", ["A dog runs in the park.", "", "A cat sleeps."])
     output = tmp_path / "hyp.en"
-    result = _invoke(["evaluate", "--model", cli_model, "--src", src, "--ref", ref, "--output", output, "--json", "--device", "cpu"])
+    result = _invoke(
+        ["evaluate", "--model", cli_model, "--src", src, "--ref", ref, "--output", output, "--json", "--device", "cpu"]
+    )
     assert result.exit_code == 0, result.output
     lines = output.read_text(encoding="utf-8").split("\n")
     assert len(lines) == 4 and lines[-1] == ""
@@ -533,7 +601,9 @@ def test_translate_empty_pipe_prints_nothing(cli_model):
 
 
 def test_translate_arguments_print_one_line_each(cli_model):
-    result = _invoke(["translate", "--model", cli_model, "--device", "cpu", "Ein Hund läuft im Park.", "Eine Katze schläft."])
+    result = _invoke(
+        ["translate", "--model", cli_model, "--device", "cpu", "Ein Hund läuft im Park.", "Eine Katze schläft."]
+    )
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert len(lines) == 2
@@ -561,7 +631,9 @@ def test_translate_a_line_longer_than_the_model_reads_is_translated_whole_in_pie
     outputs = result.stdout.split("\n")[:-1]
     assert len(outputs) == len(sources)
     assert "warning" not in result.stderr
-    (one_piece,) = _invoke(["translate", "--model", cli_model, "--device", "cpu", "--beam", "1", "ein Hund läuft im Park,"]).stdout.split("\n")[:-1]
+    (one_piece,) = _invoke(
+        ["translate", "--model", cli_model, "--device", "cpu", "--beam", "1", "ein Hund läuft im Park,"]
+    ).stdout.split("\n")[:-1]
     assert len(outputs[-1]) > 10 * len(one_piece)
 
 
@@ -588,7 +660,7 @@ def test_translate_accepts_the_run_directory_holding_model_safetensors(cli_model
 
 def test_python_dash_m_mt_runs_the_same_app():
     process = subprocess.run(
-        [sys.executable, "-m", "mt", "version"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_offline_env(), timeout=60
+        [sys.executable, "-m", "mt", "version"], capture_output=True, env=_offline_env(), timeout=60
     )
     assert process.returncode == 0, process.stderr.decode()
     assert re.fullmatch(r"\d+\.\d+\.\d+\S*\n", process.stdout.decode())
@@ -618,7 +690,19 @@ def test_missing_corpus_file_is_a_one_line_error(tmp_path):
 def test_missing_validation_corpus_is_a_one_line_error(cli_corpus, cli_tokenizer, tmp_path):
     assert cli_tokenizer.result.exit_code == 0
     result = _invoke(
-        ["train", "--train", cli_corpus.train, "--valid", tmp_path / "missing", "--tokenizer", cli_tokenizer.directory, "--output", tmp_path / "run", "--device", "cpu"]
+        [
+            "train",
+            "--train",
+            cli_corpus.train,
+            "--valid",
+            tmp_path / "missing",
+            "--tokenizer",
+            cli_tokenizer.directory,
+            "--output",
+            tmp_path / "run",
+            "--device",
+            "cpu",
+        ]
     )
     _assert_cli_error(result, "file not found", str(tmp_path / "missing"))
 
@@ -638,7 +722,7 @@ def test_empty_corpus_is_a_one_line_error(tmp_path):
 
 @pytest.mark.parametrize("compressed", [True, False], ids=["gz", "plain"])
 def test_non_utf8_corpus_line_is_named_by_number(tmp_path, compressed):
-    source = "Ein Hund.\nEine Katze.\n".encode() + b"Ein M\xe4nnchen \xff.\n" + "Ein Kind.\n".encode()
+    source = b"Ein Hund.\nEine Katze.\n" + b"Ein M\xe4nnchen \xff.\n" + b"Ein Kind.\n"
     target = b"A dog.\nA cat.\nA little man.\nA child.\n"
     if compressed:
         prefix = _write_pair(tmp_path / "latin1", source, target)
@@ -658,7 +742,17 @@ def test_checkpoint_that_does_not_exist_is_a_one_line_error(tmp_path):
 
 def test_evaluate_with_missing_checkpoint_is_a_one_line_error(cli_corpus, tmp_path):
     result = _invoke(
-        ["evaluate", "--model", tmp_path / "missing.safetensors", "--src", cli_corpus.valid_src, "--ref", cli_corpus.valid_ref, "--device", "cpu"]
+        [
+            "evaluate",
+            "--model",
+            tmp_path / "missing.safetensors",
+            "--src",
+            cli_corpus.valid_src,
+            "--ref",
+            cli_corpus.valid_ref,
+            "--device",
+            "cpu",
+        ]
     )
     _assert_cli_error(result, "checkpoint not found")
 
@@ -703,14 +797,28 @@ def test_translate_beam_zero_names_the_valid_range(tmp_path):
 def test_train_dropout_out_of_range_names_the_valid_range(cli_corpus, cli_tokenizer, tmp_path):
     assert cli_tokenizer.result.exit_code == 0
     result = _invoke(
-        ["train", "--train", cli_corpus.train, "--valid", cli_corpus.valid, "--tokenizer", cli_tokenizer.directory, "--output", tmp_path / "run", "--dropout", "1.5", "--device", "cpu"]
+        [
+            "train",
+            "--train",
+            cli_corpus.train,
+            "--valid",
+            cli_corpus.valid,
+            "--tokenizer",
+            cli_tokenizer.directory,
+            "--output",
+            tmp_path / "run",
+            "--dropout",
+            "1.5",
+            "--device",
+            "cpu",
+        ]
     )
     _assert_cli_error(result, "dropout", ">= 0.0 and <= 0.9", "1.5")
     assert not (tmp_path / "run" / "last.safetensors").exists()
 
 
 def test_translate_non_utf8_stdin_names_the_line(cli_model):
-    stdin = "Ein Hund läuft.\n\n".encode() + b"Ein M\xe4dchen spielt.\n" + "Eine Katze.\n".encode()
+    stdin = "Ein Hund läuft.\n\n".encode() + b"Ein M\xe4dchen spielt.\n" + b"Eine Katze.\n"
     process = _run_mt(["translate", "--model", str(cli_model), "--device", "cpu"], stdin=stdin)
     _assert_process_error(process, "standard input", "line 3", "UTF-8")
 
@@ -754,7 +862,21 @@ def test_evaluate_output_that_is_a_directory_is_a_one_line_error(cli_corpus, cli
     output = tmp_path / "translations"
     output.mkdir()
     result = _invoke(
-        ["evaluate", "--model", cli_model, "--src", cli_corpus.valid_src, "--ref", cli_corpus.valid_ref, "--output", output, "--beam", 1, "--device", "cpu"]
+        [
+            "evaluate",
+            "--model",
+            cli_model,
+            "--src",
+            cli_corpus.valid_src,
+            "--ref",
+            cli_corpus.valid_ref,
+            "--output",
+            output,
+            "--beam",
+            1,
+            "--device",
+            "cpu",
+        ]
     )
     _assert_cli_error(result, str(output))
 
@@ -763,7 +885,17 @@ def test_evaluate_output_that_is_a_directory_is_a_one_line_error(cli_corpus, cli
 # 3. Help
 
 
-COMMANDS = ["train-tokenizer", "train", "evaluate", "translate", "average", "prepare-data"]
+COMMANDS = [
+    "train-tokenizer",
+    "train",
+    "evaluate",
+    "translate",
+    "average",
+    "prepare-data",
+    "inspect",
+    "compare",
+    "serve",
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -796,7 +928,15 @@ def test_tsv_row_with_wrong_column_count_names_the_line(tmp_path):
 
 def test_dataset_that_does_not_exist_is_a_one_line_error(tmp_path):
     result = _invoke(
-        ["train-tokenizer", "--train", "hf:no-such-user/no-such-dataset", "--vocab-size", 50, "--output", tmp_path / "tok"],
+        [
+            "train-tokenizer",
+            "--train",
+            "hf:no-such-user/no-such-dataset",
+            "--vocab-size",
+            50,
+            "--output",
+            tmp_path / "tok",
+        ],
         env=_offline_env(),
     )
     _assert_cli_error(result, "cannot load dataset", "no-such-user/no-such-dataset")
@@ -808,12 +948,24 @@ def test_split_that_does_not_exist_in_a_saved_dataset_is_a_one_line_error(tmp_pa
     datasets.DatasetDict({"train": datasets.Dataset.from_dict({"de": ["Ein Hund."], "en": ["A dog."]})}).save_to_disk(
         tmp_path / "saved"
     )
-    result = _invoke(["train-tokenizer", "--train", f"{tmp_path / 'saved'}@nosuchsplit", "--vocab-size", 50, "--output", tmp_path / "tok"])
+    result = _invoke(
+        [
+            "train-tokenizer",
+            "--train",
+            f"{tmp_path / 'saved'}@nosuchsplit",
+            "--vocab-size",
+            50,
+            "--output",
+            tmp_path / "tok",
+        ]
+    )
     _assert_cli_error(result, "cannot load dataset", "nosuchsplit")
 
 
 def test_vocabulary_larger_than_the_corpus_supports_says_what_to_do(cli_corpus, tmp_path):
-    result = _invoke(["train-tokenizer", "--train", cli_corpus.train, "--vocab-size", 50000, "--output", tmp_path / "tok"])
+    result = _invoke(
+        ["train-tokenizer", "--train", cli_corpus.train, "--vocab-size", 50000, "--output", tmp_path / "tok"]
+    )
     _assert_cli_error(result, "vocabulary size 50000", "--vocab-size")
     assert not (tmp_path / "tok").exists()
 
@@ -822,7 +974,21 @@ def test_vocabulary_larger_than_the_corpus_supports_says_what_to_do(cli_corpus, 
 def test_negative_sizes_name_the_valid_range(cli_corpus, cli_tokenizer, tmp_path, option):
     assert cli_tokenizer.result.exit_code == 0
     result = _invoke(
-        ["train", "--train", cli_corpus.train, "--valid", cli_corpus.valid, "--tokenizer", cli_tokenizer.directory, "--output", tmp_path / "run", option, "-5", "--device", "cpu"]
+        [
+            "train",
+            "--train",
+            cli_corpus.train,
+            "--valid",
+            cli_corpus.valid,
+            "--tokenizer",
+            cli_tokenizer.directory,
+            "--output",
+            tmp_path / "run",
+            option,
+            "-5",
+            "--device",
+            "cpu",
+        ]
     )
     _assert_cli_error(result, ">=", "got -5")
 
@@ -851,7 +1017,9 @@ def test_odd_input_lines_each_get_exactly_one_output_line(cli_model):
         "Ein Hund läuft. " * 400,
         "\u200b\u200e\ufeff",
     ]
-    process = _run_mt(["translate", "--model", str(cli_model), "--device", "cpu"], stdin="\n".join(lines).encode() + b"\n")
+    process = _run_mt(
+        ["translate", "--model", str(cli_model), "--device", "cpu"], stdin="\n".join(lines).encode() + b"\n"
+    )
     assert process.returncode == 0, process.stderr.decode()
     out = process.stdout.decode("utf-8").split("\n")
     assert out[-1] == "" and len(out) - 1 == len(lines)
@@ -904,7 +1072,21 @@ def test_train_accumulating_more_batches_than_an_epoch_has_is_a_one_line_error(c
 
 
 def test_train_tokenizer_learns_from_a_sample_of_max_sentences(cli_corpus, tmp_path):
-    result = _invoke(["train-tokenizer", "--train", cli_corpus.train, "--vocab-size", 60, "--max-sentences", 150, "--output", tmp_path / "tok"])
+    result = _invoke(
+        [
+            "train-tokenizer",
+            "--train",
+            cli_corpus.train,
+            "--vocab-size",
+            60,
+            "--max-sentences",
+            150,
+            "--output",
+            tmp_path / "tok",
+        ]
+    )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "tok" / "source.model").is_file()
-    _assert_cli_error(_invoke(["train-tokenizer", "--train", cli_corpus.train, "--max-sentences", 100]), "--max-sentences", "> 100")
+    _assert_cli_error(
+        _invoke(["train-tokenizer", "--train", cli_corpus.train, "--max-sentences", 100]), "--max-sentences", "> 100"
+    )

@@ -207,8 +207,14 @@ def test_load_corpus_reads_a_saved_dataset(tmp_path):
     datasets.Dataset.from_dict(flat).save_to_disk(tmp_path / "flat")
     datasets.Dataset.from_dict(nested).save_to_disk(tmp_path / "nested")
 
-    assert load_corpus(str(tmp_path / "flat"), "de", "en")[0] == {"source": "Der Hund ist rot .", "target": "The dog is red ."}
-    assert load_corpus(str(tmp_path / "nested"), "en", "de")[0] == {"source": "The mouse runs .", "target": "Die Maus läuft ."}
+    assert load_corpus(str(tmp_path / "flat"), "de", "en")[0] == {
+        "source": "Der Hund ist rot .",
+        "target": "The dog is red .",
+    }
+    assert load_corpus(str(tmp_path / "nested"), "en", "de")[0] == {
+        "source": "The mouse runs .",
+        "target": "Die Maus läuft .",
+    }
 
 
 def test_load_corpus_reads_a_split_of_a_saved_dataset_dict(tmp_path):

@@ -22,7 +22,9 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def tiny_config(tokenizers, **overrides) -> ModelConfig:
     options = dict(embedding_size=16, hidden_size=24, num_layers=2, dropout=0.0)
     options.update(overrides)
-    return ModelConfig(src_vocab_size=tokenizers.source.vocab_size, tgt_vocab_size=tokenizers.target.vocab_size, **options)
+    return ModelConfig(
+        src_vocab_size=tokenizers.source.vocab_size, tgt_vocab_size=tokenizers.target.vocab_size, **options
+    )
 
 
 def batch_of(tokenizers, corpus_pairs, count=8):
@@ -70,7 +72,10 @@ def test_equal_budget_hidden_size_brings_parameter_counts_close(tokenizers):
         config = tiny_config(tokenizers, cell=cell, hidden_size=32)
         hidden = hidden_size_for_budget(config, budget)
         assert hidden > 32  # cheaper cells get more units for the same budget
-        assert abs(Seq2Seq(tiny_config(tokenizers, cell=cell, hidden_size=hidden)).num_parameters() - budget) < 0.05 * budget
+        assert (
+            abs(Seq2Seq(tiny_config(tokenizers, cell=cell, hidden_size=hidden)).num_parameters() - budget)
+            < 0.05 * budget
+        )
 
 
 def test_inspect_cli_writes_tables_and_valid_pngs(tokenizers, corpus_pairs, tmp_path):
@@ -85,10 +90,31 @@ def test_inspect_cli_writes_tables_and_valid_pngs(tokenizers, corpus_pairs, tmp_
     ref.write_text("".join(t + "\n" for _, t in corpus_pairs[:10]))
     log = tmp_path / "log.jsonl"
     log.write_text(
-        "".join(json.dumps({"step": s, "elapsed_seconds": 6.0 * s, "validation_loss": 3.0 / s, "validation_bleu": 2.0 * s}) + "\n" for s in (1, 2, 3))
+        "".join(
+            json.dumps({"step": s, "elapsed_seconds": 6.0 * s, "validation_loss": 3.0 / s, "validation_bleu": 2.0 * s})
+            + "\n"
+            for s in (1, 2, 3)
+        )
     )
     output = tmp_path / "inspect"
-    arguments = ["inspect", "--model", paths[0], "--model", paths[1], "--untrained", "--src", src, "--ref", ref, "--distance", "4", "--log", log, "--output", output]
+    arguments = [
+        "inspect",
+        "--model",
+        paths[0],
+        "--model",
+        paths[1],
+        "--untrained",
+        "--src",
+        src,
+        "--ref",
+        ref,
+        "--distance",
+        "4",
+        "--log",
+        log,
+        "--output",
+        output,
+    ]
     result = CliRunner().invoke(app, [str(a) for a in arguments])
     assert result.exit_code == 0, result.output
     assert "first/last step gradient ratio" in result.stdout and "forget" in result.stdout
@@ -104,10 +130,14 @@ def test_inspect_names_same_named_checkpoints_by_their_folders(tokenizers, corpu
     src.write_text("".join(s + "\n" for s, _ in corpus_pairs[:4]))
     for cell in ("rnn", "gru"):
         (tmp_path / cell).mkdir()
-        save_checkpoint(tmp_path / cell / "best.safetensors", Seq2Seq(tiny_config(tokenizers, cell=cell)), tokenizers, {})
+        save_checkpoint(
+            tmp_path / cell / "best.safetensors", Seq2Seq(tiny_config(tokenizers, cell=cell)), tokenizers, {}
+        )
     output = tmp_path / "inspect"
     arguments = ["inspect", "-m", tmp_path / "rnn" / "best.safetensors", "-m", tmp_path / "gru" / "best.safetensors"]
-    result = CliRunner().invoke(app, [str(a) for a in arguments + ["--src", src, "--ref", src, "--distance", "2", "--output", output]])
+    result = CliRunner().invoke(
+        app, [str(a) for a in arguments + ["--src", src, "--ref", src, "--distance", "2", "--output", output]]
+    )
     assert result.exit_code == 0, result.output
     assert set(json.loads((output / "inspect.json").read_text())["models"]) == {"rnn/best", "gru/best"}
 

@@ -42,7 +42,9 @@ def make_trainer(job: dict, output: Path, accumulate: int, max_steps: int) -> Tr
     return Trainer(model_config, train_config, tokenizers, corpus, job["validation"], output, torch.device("cpu"), {})
 
 
-def train_as_worker(rank: int, world_size: int, port: int, job: dict, output: Path, max_steps: int, resume: bool) -> None:
+def train_as_worker(
+    rank: int, world_size: int, port: int, job: dict, output: Path, max_steps: int, resume: bool
+) -> None:
     """One torchrun worker: join the group, train, and leave its replica's weights in OUTPUT/rank-N."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -52,7 +54,9 @@ def train_as_worker(rank: int, world_size: int, port: int, job: dict, output: Pa
         if resume:
             trainer.resume()
         trainer.run()
-        save_file({name: t.contiguous() for name, t in trainer.model.state_dict().items()}, str(output / f"rank-{rank}"))
+        save_file(
+            {name: t.contiguous() for name, t in trainer.model.state_dict().items()}, str(output / f"rank-{rank}")
+        )
     finally:
         dist.destroy_process_group()
 
@@ -142,8 +146,20 @@ def test_ctrl_c_under_torchrun_saves_last_and_one_process_resumes(corpus_prefix,
     tokenizers.save(tmp_path / "tokenizer")
     output = tmp_path / "run"
     # No validation: `last` can only come from the orderly stop.
-    command = mt_train(corpus_prefix, tmp_path / "tokenizer", output, "--epochs", "100000", "--max-steps", "1000000", "--validate-every", "1000000")
-    launcher = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    command = mt_train(
+        corpus_prefix,
+        tmp_path / "tokenizer",
+        output,
+        "--epochs",
+        "100000",
+        "--max-steps",
+        "1000000",
+        "--validate-every",
+        "1000000",
+    )
+    launcher = subprocess.Popen(
+        command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     # Wait for training to be under way (a log gets a progress line every 100 updates), not for a time.
     stderr_lines: list[str] = []
     training = threading.Event()
@@ -165,12 +181,23 @@ def test_ctrl_c_under_torchrun_saves_last_and_one_process_resumes(corpus_prefix,
     assert state["step"] > 0 and not state["finished"]
 
     resume = mt_train(
-        corpus_prefix, tmp_path / "tokenizer", output, "--epochs", "100000", "--max-steps", str(state["step"] + 3), "--accumulate", "2", workers=1
+        corpus_prefix,
+        tmp_path / "tokenizer",
+        output,
+        "--epochs",
+        "100000",
+        "--max-steps",
+        str(state["step"] + 3),
+        "--accumulate",
+        "2",
+        workers=1,
     )
     resumed = subprocess.run(resume, env=ENV, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming {output} at step {state['step']}" in " ".join(resumed.stderr.split())
-    assert load_checkpoint(output / "last.safetensors", with_extra=True).info["trainer_state"]["step"] == state["step"] + 3
+    assert (
+        load_checkpoint(output / "last.safetensors", with_extra=True).info["trainer_state"]["step"] == state["step"] + 3
+    )
 
 
 def test_world_size_without_torchrun_is_a_one_line_error(corpus_prefix, tokenizers, tmp_path):

@@ -215,7 +215,6 @@ def test_model_config_round_trips_through_a_dict():
         ModelConfig.from_dict({**config.to_dict(), "heads": 8})
 
 
-
 def test_int8_quantized_model_stays_close_to_fp32(architecture, make_model, make_sources):
     model = make_model(**architecture, embedding_size=16, hidden_size=32)
     source, lengths = make_sources([6, 4, 5], model.config.src_vocab_size)

@@ -18,9 +18,9 @@ from mt import checkpoint as checkpoint_module
 from mt.checkpoint import load_checkpoint, save_checkpoint
 from mt.config import DecodeConfig, ModelConfig, MTError, TrainConfig
 from mt.data import TokenizedCorpus
-from mt.translator import Translator
 from mt.model import Seq2Seq
 from mt.train import Interrupted, Trainer
+from mt.translator import Translator
 
 TINY = dict(embedding_size=16, hidden_size=24, num_layers=1, dropout=0.2)
 
@@ -28,12 +28,21 @@ TINY = dict(embedding_size=16, hidden_size=24, num_layers=1, dropout=0.2)
 def make_trainer(tokenizers, corpus_pairs, output: Path, **train_options) -> Trainer:
     sources = tokenizers.source.encode([s for s, _ in corpus_pairs])
     targets = tokenizers.target.encode([t for _, t in corpus_pairs])
-    model_config = ModelConfig(src_vocab_size=tokenizers.source.vocab_size, tgt_vocab_size=tokenizers.target.vocab_size, **TINY)
+    model_config = ModelConfig(
+        src_vocab_size=tokenizers.source.vocab_size, tgt_vocab_size=tokenizers.target.vocab_size, **TINY
+    )
     options = dict(batch_tokens=200, max_steps=12, validate_every=4, seed=3, patience=0)
     options.update(train_options)
     validation = {"valid": ([s for s, _ in corpus_pairs[:6]], [t for _, t in corpus_pairs[:6]])}
     return Trainer(
-        model_config, TrainConfig(**options), tokenizers, TokenizedCorpus.from_ids(sources, targets), validation, output, torch.device("cpu"), {}
+        model_config,
+        TrainConfig(**options),
+        tokenizers,
+        TokenizedCorpus.from_ids(sources, targets),
+        validation,
+        output,
+        torch.device("cpu"),
+        {},
     )
 
 
@@ -209,7 +218,9 @@ def test_training_killed_mid_run_resumes_from_its_last_checkpoint(corpus_prefix,
 
 
 def test_bf16_training_computes_in_bf16_keeps_fp32_weights_and_learns(tokenizers, corpus_pairs, tmp_path):
-    trainer = make_trainer(tokenizers, corpus_pairs, tmp_path / "run", bf16=True, label_smoothing=0.0, learning_rate=0.01)
+    trainer = make_trainer(
+        tokenizers, corpus_pairs, tmp_path / "run", bf16=True, label_smoothing=0.0, learning_rate=0.01
+    )
     seen = []
     trainer.model.decoder.readout.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
     batch = torch.arange(8)

@@ -55,7 +55,16 @@ def setup(tmp_path_factory, corpus_pairs, tokenizers):
 
 
 def train(setup, output: Path, *extra):
-    corpora = ["--train", setup["big"], "--train", f"{setup['small']}:3", "--valid", setup["valid_a"], "--valid", setup["valid_b"]]
+    corpora = [
+        "--train",
+        setup["big"],
+        "--train",
+        f"{setup['small']}:3",
+        "--valid",
+        setup["valid_a"],
+        "--valid",
+        setup["valid_b"],
+    ]
     return invoke("train", *corpora, "--tokenizer", setup["tokenizer"], "--output", output, *TINY, *extra)
 
 
@@ -63,7 +72,9 @@ def unfinish(last: Path, **state_changes) -> None:
     """Make a finished run look interrupted (as Ctrl-C leaves it)."""
     checkpoint = load_checkpoint(last, with_extra=True)
     state = {**checkpoint.info["trainer_state"], "finished": False, **state_changes}
-    save_checkpoint(last, checkpoint.model, checkpoint.tokenizers, {**checkpoint.info, "trainer_state": state}, checkpoint.extra)
+    save_checkpoint(
+        last, checkpoint.model, checkpoint.tokenizers, {**checkpoint.info, "trainer_state": state}, checkpoint.extra
+    )
 
 
 # -- several corpora ---------------------------------------------------------------------
@@ -71,7 +82,12 @@ def unfinish(last: Path, **state_changes) -> None:
 
 @pytest.mark.parametrize(
     ("text", "spec", "factor"),
-    [("data/x", "data/x", 1), ("data/x:3", "data/x", 3), ("hf:user/name@train", "hf:user/name@train", 1), ("hf:a/b:2", "hf:a/b", 2)],
+    [
+        ("data/x", "data/x", 1),
+        ("data/x:3", "data/x", 3),
+        ("hf:user/name@train", "hf:user/name@train", 1),
+        ("hf:a/b:2", "hf:a/b", 2),
+    ],
 )
 def test_corpus_spec_reads_an_upsampling_factor_after_the_last_colon(text, spec, factor):
     assert CorpusSpec.parse(text) == CorpusSpec(spec, factor)
@@ -108,7 +124,17 @@ def test_training_on_several_corpora_reports_and_logs_every_validation_set(setup
 
 
 def test_tokenizer_trains_on_several_corpora(setup, tmp_path):
-    result = invoke("train-tokenizer", "--train", setup["big"], "--train", f"{setup['small']}:2", "--vocab-size", 60, "--output", tmp_path / "tok")
+    result = invoke(
+        "train-tokenizer",
+        "--train",
+        setup["big"],
+        "--train",
+        f"{setup['small']}:2",
+        "--vocab-size",
+        60,
+        "--output",
+        tmp_path / "tok",
+    )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "tok" / "source.model").is_file()
 
@@ -130,7 +156,19 @@ def test_overwrite_with_a_missing_corpus_keeps_the_old_run(setup, tmp_path):
     run = tmp_path / "run"
     assert train(setup, run, "--max-steps", "1").exit_code == 0
     before = {path.name: path.read_bytes() for path in run.iterdir()}
-    result = invoke("train", "--train", tmp_path / "typo", "--valid", setup["valid_a"], "--tokenizer", setup["tokenizer"], "--output", run, *TINY, "--overwrite")
+    result = invoke(
+        "train",
+        "--train",
+        tmp_path / "typo",
+        "--valid",
+        setup["valid_a"],
+        "--tokenizer",
+        setup["tokenizer"],
+        "--output",
+        run,
+        *TINY,
+        "--overwrite",
+    )
     assert_one_line_error(result, "typo")
     assert {path.name: path.read_bytes() for path in run.iterdir()} == before
 
@@ -185,10 +223,23 @@ def test_resuming_with_another_corpus_or_tokenizer_is_refused(setup, tmp_path, t
     assert_one_line_error(other_corpus, "other training corpora")
     from mt.tokenizer import TokenizerPair, train_sentencepiece
 
-    other = train_sentencepiece([text for pair in corpus_pairs for text in pair], vocab_size=tokenizers.source.vocab_size, seed=2)
+    other = train_sentencepiece(
+        [text for pair in corpus_pairs for text in pair], vocab_size=tokenizers.source.vocab_size, seed=2
+    )
     TokenizerPair(other, other).save(tmp_path / "other-tokenizer")
-    corpora = ["--train", setup["big"], "--train", f"{setup['small']}:3", "--valid", setup["valid_a"], "--valid", setup["valid_b"]]
-    result = invoke("train", *corpora, "--tokenizer", tmp_path / "other-tokenizer", "--output", run, *TINY, "--max-steps", "3")
+    corpora = [
+        "--train",
+        setup["big"],
+        "--train",
+        f"{setup['small']}:3",
+        "--valid",
+        setup["valid_a"],
+        "--valid",
+        setup["valid_b"],
+    ]
+    result = invoke(
+        "train", *corpora, "--tokenizer", tmp_path / "other-tokenizer", "--output", run, *TINY, "--max-steps", "3"
+    )
     if other.model_proto != tokenizers.source.model_proto:
         assert_one_line_error(result, "another tokenizer")
 
@@ -240,15 +291,41 @@ def test_init_from_starts_with_the_parents_weights_and_tokenizer(setup, parent, 
 
 
 def test_init_from_refuses_architecture_options_that_disagree(setup, parent, tmp_path):
-    base = ["train", "--init-from", parent, "--train", setup["small"], "--valid", setup["valid_a"], "--output", tmp_path / "child", "--device", "cpu"]
+    base = [
+        "train",
+        "--init-from",
+        parent,
+        "--train",
+        setup["small"],
+        "--valid",
+        setup["valid_a"],
+        "--output",
+        tmp_path / "child",
+        "--device",
+        "cpu",
+    ]
     assert_one_line_error(invoke(*base, "--hidden-size", "16"), "--hidden-size 16", "12")
     assert_one_line_error(invoke(*base, "--attention", "bahdanau"), "--attention bahdanau")
     assert_one_line_error(invoke(*base, "--tokenizer", setup["tokenizer"]), "--tokenizer", "--init-from")
-    assert invoke(*base, "--hidden-size", "12", "--dropout", "0.5", "--max-steps", "1").exit_code == 0  # agreeing, or not architecture
+    assert (
+        invoke(*base, "--hidden-size", "12", "--dropout", "0.5", "--max-steps", "1").exit_code == 0
+    )  # agreeing, or not architecture
 
 
 def test_a_fine_tuning_run_resumes(setup, parent, tmp_path):
-    base = ["train", "--init-from", parent, "--train", setup["small"], "--valid", setup["valid_a"], "--output", tmp_path / "child", "--device", "cpu"]
+    base = [
+        "train",
+        "--init-from",
+        parent,
+        "--train",
+        setup["small"],
+        "--valid",
+        setup["valid_a"],
+        "--output",
+        tmp_path / "child",
+        "--device",
+        "cpu",
+    ]
     assert invoke(*base, "--max-steps", "1").exit_code == 0
     unfinish(tmp_path / "child" / "last.safetensors")
     resumed = invoke(*base, "--max-steps", "2")

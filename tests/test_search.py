@@ -36,7 +36,9 @@ def scramble(model: Seq2Seq, seed: int, std: float = 1.0) -> Seq2Seq:
     return model
 
 
-def sequence_log_probability(model: Seq2Seq, source: torch.Tensor, length: int, tokens: list[int], ended: bool) -> float:
+def sequence_log_probability(
+    model: Seq2Seq, source: torch.Tensor, length: int, tokens: list[int], ended: bool
+) -> float:
     """Teacher-forced log-probability of `tokens` (and eos when `ended`) for one source (1, S)."""
     config = model.config
     target_in = torch.tensor([[config.bos_id, *tokens]])[:, : len(tokens) + (1 if ended else 0)]
@@ -175,7 +177,9 @@ LEARNERS = [
 ]
 
 
-@pytest.mark.parametrize("options", LEARNERS, ids=[f"{o['cell']}-{o['attention']}-{'bi' if o['bidirectional'] else 'uni'}" for o in LEARNERS])
+@pytest.mark.parametrize(
+    "options", LEARNERS, ids=[f"{o['cell']}-{o['attention']}-{'bi' if o['bidirectional'] else 'uni'}" for o in LEARNERS]
+)
 def test_tiny_model_learns_a_few_pairs_by_heart(tokenizers, corpus_pairs, options):
     pairs = [corpus_pairs[i] for i in OVERFIT_PAIRS]
     source = tokenizers.source.encode([de for de, _ in pairs])
@@ -220,6 +224,8 @@ def test_tiny_model_learns_a_few_pairs_by_heart(tokenizers, corpus_pairs, option
 def test_beam_wider_than_the_vocabulary_still_returns_k_hypotheses(make_model, make_sources):
     model = make_model(tgt_vocab_size=8)
     source, lengths = make_sources([5, 3], model.config.src_vocab_size)
-    results = beam_search(model, source, lengths, DecodeConfig(beam_size=10, max_length_ratio=1.0, max_length_offset=2), n_best=10)
+    results = beam_search(
+        model, source, lengths, DecodeConfig(beam_size=10, max_length_ratio=1.0, max_length_offset=2), n_best=10
+    )
     assert all(len(hypotheses) == 10 for hypotheses in results)
     assert all(a.score >= b.score for hypotheses in results for a, b in zip(hypotheses, hypotheses[1:]))

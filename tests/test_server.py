@@ -44,10 +44,17 @@ def checkpoints(tmp_path_factory, tokenizers) -> dict[str, Path]:
     for name, attention, seed in (("de-en", "bahdanau", 0), ("en-de", "none", 1)):
         torch.manual_seed(seed)
         vocabulary = (tokenizers.source.vocab_size, tokenizers.target.vocab_size)
-        config = ModelConfig(*vocabulary, embedding_size=16, hidden_size=24, num_layers=1, dropout=0.0, attention=attention)
+        config = ModelConfig(
+            *vocabulary, embedding_size=16, hidden_size=24, num_layers=1, dropout=0.0, attention=attention
+        )
         source, target = name.split("-")
         paths[name] = directory / name
-        save_checkpoint(paths[name] / "model.safetensors", Seq2Seq(config), tokenizers, {"source_language": source, "target_language": target})
+        save_checkpoint(
+            paths[name] / "model.safetensors",
+            Seq2Seq(config),
+            tokenizers,
+            {"source_language": source, "target_language": target},
+        )
     return paths
 
 
@@ -96,7 +103,11 @@ def running(app) -> Iterator[str]:
 
 
 def _serve_app(checkpoints, **options):
-    workers = load_workers(list(checkpoints.values()), batch_wait_ms=options.pop("batch_wait_ms", 5.0), batching=options.pop("batching", True))
+    workers = load_workers(
+        list(checkpoints.values()),
+        batch_wait_ms=options.pop("batch_wait_ms", 5.0),
+        batching=options.pop("batching", True),
+    )
     return create_app(workers, **options)
 
 
@@ -123,7 +134,10 @@ def test_a_string_gets_the_translators_best_translation_and_alternatives(client,
     text = f"{corpus_pairs[0][0]} {corpus_pairs[30][0]}"  # two sentences, split and rejoined
     expected = reference["de-en"].translate_n_best([text], BEAM5, n_best=3, split=True)[0]
 
-    response = client.post("/translate", json={"q": text, "source": "de", "target": "en", "format": "text", "alternatives": 2, "scores": True})
+    response = client.post(
+        "/translate",
+        json={"q": text, "source": "de", "target": "en", "format": "text", "alternatives": 2, "scores": True},
+    )
 
     assert response.status_code == 200, response.text
     body = response.json()
@@ -173,10 +187,16 @@ def test_alignment_gives_pieces_and_weights_for_attention_and_null_without(clien
     source_pieces, target_pieces, weights = reference["de-en"].alignment(german, body["translatedText"][0])
     assert alignment["source"] == source_pieces and alignment["target"] == target_pieces
     assert len(alignment["weights"]) == len(target_pieces)
-    assert all(len(row) == len(source_pieces) and sum(row) == pytest.approx(1, abs=1e-3) for row in alignment["weights"])
-    torch.testing.assert_close(torch.tensor(alignment["weights"], dtype=torch.float64), weights.double(), atol=1e-4, rtol=0)
+    assert all(
+        len(row) == len(source_pieces) and sum(row) == pytest.approx(1, abs=1e-3) for row in alignment["weights"]
+    )
+    torch.testing.assert_close(
+        torch.tensor(alignment["weights"], dtype=torch.float64), weights.double(), atol=1e-4, rtol=0
+    )
 
-    no_attention = client.post("/translate", json={"q": english, "source": "en", "target": "de", "alignment": True}).json()
+    no_attention = client.post(
+        "/translate", json={"q": english, "source": "en", "target": "de", "alignment": True}
+    ).json()
     assert no_attention["alignment"] is None
     assert no_attention["translatedText"] == reference["en-de"].translate([english], BEAM5, split=True)[0]
 
@@ -191,7 +211,10 @@ def test_languages_lists_each_loaded_direction(client):
 def test_health_names_the_models_and_counts_batches(client):
     body = client.get("/health").json()
     assert body["status"] == "ok"
-    assert body["models"] == [{"source": "de", "target": "en", "attention": True}, {"source": "en", "target": "de", "attention": False}]
+    assert body["models"] == [
+        {"source": "de", "target": "en", "attention": True},
+        {"source": "en", "target": "de", "attention": False},
+    ]
     assert body["batches"] <= body["requests"] and body["pending"] == 0
 
 
@@ -271,7 +294,9 @@ def test_a_server_error_is_a_500_json_error_with_a_log_line_and_serving_goes_on(
         assert response.status_code == 500
         assert response.json() == {"error": "internal server error (RuntimeError)"}
         assert client.get("/health").json()["status"] == "ok"
-    assert any("POST /translate failed: RuntimeError: the model broke" in record.getMessage() for record in caplog.records)
+    assert any(
+        "POST /translate failed: RuntimeError: the model broke" in record.getMessage() for record in caplog.records
+    )
 
 
 # -- the API key -----------------------------------------------------------------
@@ -315,7 +340,9 @@ def _concurrently(url: str, bodies: list[dict]) -> list[httpx.Response]:
 
 
 @pytest.mark.parametrize("batching", [True, False])
-def test_concurrent_requests_share_batches_and_get_what_they_would_alone(checkpoints, reference, corpus_pairs, batching):
+def test_concurrent_requests_share_batches_and_get_what_they_would_alone(
+    checkpoints, reference, corpus_pairs, batching
+):
     texts = _sentences(corpus_pairs, 12)
     bodies = [{"q": text, "source": "de", "target": "en", "alternatives": i % 3} for i, text in enumerate(texts)]
     bodies[0]["beam"] = 2  # another beam: another batch
@@ -327,7 +354,9 @@ def test_concurrent_requests_share_batches_and_get_what_they_would_alone(checkpo
 
     for body, response in zip(bodies, responses):
         decode = DecodeConfig(beam_size=body.get("beam", 5))
-        expected = reference["de-en"].translate_n_best([body["q"]], decode, n_best=body["alternatives"] + 1, split=True)[0]
+        expected = reference["de-en"].translate_n_best(
+            [body["q"]], decode, n_best=body["alternatives"] + 1, split=True
+        )[0]
         assert response.status_code == 200
         assert response.json()["translatedText"] == expected[0].text
         assert response.json().get("alternatives", []) == [c.text for c in expected[1:]]
@@ -344,7 +373,9 @@ def test_a_sentences_translation_does_not_depend_on_its_batch_mates(reference, c
     sentences = [pair[side] for pair in corpus_pairs[::5]]
     alone = [reference[name].translate_n_best([s], BEAM5, n_best=3)[0] for s in sentences]
     together = reference[name].translate_n_best(sentences, BEAM5, n_best=3)
-    reversed_pairs = reference[name].translate_n_best(sentences[::-1] + sentences[:3], BEAM5, n_best=3)[: len(sentences)][::-1]
+    reversed_pairs = reference[name].translate_n_best(sentences[::-1] + sentences[:3], BEAM5, n_best=3)[
+        : len(sentences)
+    ][::-1]
     for own, *others in zip(alone, together, reversed_pairs):
         for other in others:
             assert [c.text for c in other] == [c.text for c in own]
@@ -376,7 +407,10 @@ def _start_server_process(checkpoints, **options) -> tuple[subprocess.Popen, str
     code = "import json, sys; from mt.server import serve; serve(**json.loads(sys.argv[1]))"
     process = subprocess.Popen(
         [sys.executable, "-c", code, json.dumps(arguments)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     lines: list[str] = []
@@ -398,7 +432,9 @@ def _start_server_process(checkpoints, **options) -> tuple[subprocess.Popen, str
 
 
 def test_sigterm_finishes_the_request_in_flight_then_exits_cleanly(checkpoints, reference, corpus_pairs):
-    process, url, lines = _start_server_process(checkpoints, batch_wait_ms=1500)  # a request waits 1.5 s for batch mates
+    process, url, lines = _start_server_process(
+        checkpoints, batch_wait_ms=1500
+    )  # a request waits 1.5 s for batch mates
     try:
         text = corpus_pairs[11][0]
         with ThreadPoolExecutor(1) as pool, _client(url) as client, _client(url) as requester:
@@ -457,12 +493,22 @@ def browser(tmp_path, monkeypatch):
     options = Options()
     options.binary_location = str(CHROMIUM)
     for flag in (
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--disable-quic", f"--user-data-dir={tmp_path / 'chromium'}",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-quic",
+        f"--user-data-dir={tmp_path / 'chromium'}",
         # No name lookups but 127.0.0.1's: Chromium would otherwise resolve its update,
         # extension and search-engine hosts even with the flags above.
-        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", "--disable-extensions", "--disable-default-apps",
-        "--no-default-browser-check", "--window-size=390,844",  # a phone
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+        "--disable-extensions",
+        "--disable-default-apps",
+        "--no-default-browser-check",
+        "--window-size=390,844",  # a phone
     ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
@@ -499,4 +545,3 @@ def test_the_page_translates_as_you_type_and_shows_the_attention_heatmap(browser
     wait.until(lambda d: d.find_element(By.ID, "translation").text == expected[1])
     assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
     assert browser.find_element(By.CSS_SELECTOR, "label[for=text]").text == "Text"
-

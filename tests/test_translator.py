@@ -33,12 +33,20 @@ def translator(tokenizers) -> Translator:
     [
         ("Ich mag Obst, z. B. Äpfel. Was magst du?", "de", ["Ich mag Obst, z. B. Äpfel. ", "Was magst du?"]),
         ("Dr. Müller kommt morgen. Er bringt Kuchen.", "de", ["Dr. Müller kommt morgen. ", "Er bringt Kuchen."]),
-        ("Das Haus Nr. 5 kostete 3.5 Mio. Euro. Es ist alt.", "de", ["Das Haus Nr. 5 kostete 3.5 Mio. Euro. ", "Es ist alt."]),
+        (
+            "Das Haus Nr. 5 kostete 3.5 Mio. Euro. Es ist alt.",
+            "de",
+            ["Das Haus Nr. 5 kostete 3.5 Mio. Euro. ", "Es ist alt."],
+        ),
         ("Er sagte: „Komm!“ Dann ging er.", "de", ["Er sagte: „Komm!“ ", "Dann ging er."]),
         ("Am 3. Oktober ist Feiertag. Wir haben frei.", "de", ["Am 3. Oktober ist Feiertag. ", "Wir haben frei."]),
         ("Ich weiß nicht... Vielleicht morgen.", "de", ["Ich weiß nicht... ", "Vielleicht morgen."]),
         ("Hallo wie geht es dir", "de", ["Hallo wie geht es dir"]),
-        ("Mr. Smith arrived at 5 p.m. yesterday. He was tired.", "en", ["Mr. Smith arrived at 5 p.m. yesterday. ", "He was tired."]),
+        (
+            "Mr. Smith arrived at 5 p.m. yesterday. He was tired.",
+            "en",
+            ["Mr. Smith arrived at 5 p.m. yesterday. ", "He was tired."],
+        ),
         ("I like fruit, e.g. apples. And you?", "en", ["I like fruit, e.g. apples. ", "And you?"]),
     ],
 )
