@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,7 +34,17 @@ from mt.tokenizer import Tokenizer, TokenizerPair
 FORMAT = "mt-checkpoint"
 FORMAT_VERSION = 1
 FILENAME = "model.safetensors"
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "checkpoints" / "de-en"
+
+
+def _shipped_models() -> Path:
+    """`checkpoints/` of the source tree (an editable install), else the copy that
+    installing the package puts under the environment's prefix (`share/mt/checkpoints`)."""
+    source_tree = Path(__file__).resolve().parent.parent / "checkpoints"
+    return source_tree if source_tree.is_dir() else Path(sys.prefix) / "share" / "mt" / "checkpoints"
+
+
+SHIPPED_MODELS = _shipped_models()
+DEFAULT_MODEL = SHIPPED_MODELS / "de-en"
 
 
 @dataclass

@@ -1,0 +1,223 @@
+"""Checkpoints: one safetensors file that holds everything needed to translate.
+
+Tensors: the model's weights, the SentencePiece models (as uint8 tensors
+`tokenizer.source` / `tokenizer.target`; a joint one only as the first) and, in a run's `last` checkpoint,
+the trainer's state (`trainer.*`). The safetensors header's string metadata
+holds the format name and version, the model config and a JSON record of
+how the model was made. Loading never unpickles anything, so a model file
+cannot run code.
+
+A checkpoint path may name the file or a directory holding `model.safetensors`.
+Writes are atomic: a temporary file in the same directory, fsync, rename.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
+
+from mt.config import ModelConfig, MTError
+from mt.model import Seq2Seq
+from mt.tokenizer import Tokenizer, TokenizerPair
+
+FORMAT = "mt-checkpoint"
+FORMAT_VERSION = 1
+FILENAME = "model.safetensors"
+
+
+def _shipped_models() -> Path:
+    """`checkpoints/` of the source tree (an editable install), else the copy that
+    installing the package puts under the environment's prefix (`share/mt/checkpoints`)."""
+    source_tree = Path(__file__).resolve().parent.parent / "checkpoints"
+    return source_tree if source_tree.is_dir() else Path(sys.prefix) / "share" / "mt" / "checkpoints"
+
+
+SHIPPED_MODELS = _shipped_models()
+DEFAULT_MODEL = SHIPPED_MODELS / "de-en"
+
+
+@dataclass
+class Checkpoint:
+    model: Seq2Seq
+    tokenizers: TokenizerPair
+    info: dict[str, Any]  # languages, versions, training record
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # trainer state, if any
+
+
+def resolve(path: Path) -> Path:
+    """The checkpoint file a user-given path names."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / FILENAME
+    if not path.exists():
+        raise MTError(f"checkpoint not found: {path}")
+    return path
+
+
+def unique_weights(model: Seq2Seq) -> dict[str, torch.Tensor]:
+    """The model's state dict with each tied tensor kept once (under its first name)."""
+    seen: set[int] = set()
+    weights = {}
+    for name, tensor in model.state_dict().items():
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            weights[name] = tensor
+    return weights
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so that a crash leaves either the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(temporary, 0o644)  # mkstemp makes it private; a model file is for everyone to read
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def save_checkpoint(
+    path: Path,
+    model: Seq2Seq,
+    tokenizers: TokenizerPair,
+    info: dict[str, Any],
+    extra: dict[str, torch.Tensor] | None = None,
+    dtype: torch.dtype | None = None,
+) -> None:
+    """Write a checkpoint file; `dtype` (e.g. torch.float16) shrinks the stored weights."""
+    tensors = {
+        name: (t.to(dtype) if dtype is not None and t.is_floating_point() else t).detach().cpu().contiguous()
+        for name, t in unique_weights(model).items()
+    }
+    sides = (
+        (("source", tokenizers.source),)
+        if tokenizers.joint
+        else (("source", tokenizers.source), ("target", tokenizers.target))
+    )
+    for side, tokenizer in sides:  # a joint tokenizer is stored once
+        tensors[f"tokenizer.{side}"] = torch.frombuffer(bytearray(tokenizer.model_proto), dtype=torch.uint8)
+    tensors.update({name: t.detach().cpu().contiguous() for name, t in (extra or {}).items()})
+    metadata = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "model_config": json.dumps(model.config.to_dict()),
+        "info": json.dumps(info),
+    }
+    write_atomic(Path(path), save(tensors, metadata=metadata))
+
+
+@contextmanager
+def _opened(path: Path) -> Iterator[tuple[Any, dict[str, str]]]:
+    """The open safetensors file and its string metadata, checked to be an mt checkpoint."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            metadata = handle.metadata() or {}
+            if metadata.get("format") != FORMAT:
+                raise MTError(f"{path} is not an mt checkpoint")
+            if metadata.get("format_version") != str(FORMAT_VERSION):
+                raise MTError(
+                    f"{path} has checkpoint format version {metadata.get('format_version')}; "
+                    f"this mt reads version {FORMAT_VERSION}"
+                )
+            yield handle, metadata
+    except (SafetensorError, OSError, ValueError) as error:
+        raise MTError(f"{path} is not a readable checkpoint (truncated or corrupt?): {error}") from None
+
+
+def _header(path: Path, metadata: dict[str, str]) -> tuple[ModelConfig, dict[str, Any]]:
+    """The model config (validated by type and range) and the provenance record."""
+    try:
+        config = ModelConfig.from_dict(json.loads(metadata["model_config"]))
+        info = json.loads(metadata.get("info", "{}"))
+    except (KeyError, json.JSONDecodeError) as error:
+        raise MTError(f"{path} is missing part of a checkpoint: {error}") from None
+    except MTError as error:
+        raise MTError(f"{path}: {error}") from None
+    if not isinstance(info, dict):
+        raise MTError(f"{path}: its info record is not a JSON object")
+    return config, info
+
+
+def read_info(path: Path) -> dict[str, Any]:
+    """A checkpoint's provenance record, read from its header alone (no weights)."""
+    path = resolve(path)
+    with _opened(path) as (_, metadata):
+        return _header(path, metadata)[1]
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu", with_extra: bool = False) -> Checkpoint:
+    """Load a checkpoint for inference (fp32 weights) or, `with_extra`, to resume training.
+
+    The header is checked against the weights' shapes before the model is built,
+    so a tampered config cannot make the loader allocate more than the file holds."""
+    path = resolve(path)
+    with _opened(path) as (handle, metadata):
+        config, info = _header(path, metadata)
+        with torch.device("meta"):  # shapes only, no memory
+            expected_shapes = {name: tuple(t.shape) for name, t in Seq2Seq(config).state_dict().items()}
+        for name in handle.keys():
+            if not name.startswith(("tokenizer.", "trainer.")):
+                shape = tuple(handle.get_slice(name).get_shape())
+                if expected_shapes.get(name) != shape:
+                    raise MTError(f"{path}: weight {name} of shape {shape} does not fit its model config")
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    try:
+        source = Tokenizer(tensors.pop("tokenizer.source").numpy().tobytes())
+        target = (
+            Tokenizer(tensors.pop("tokenizer.target").numpy().tobytes()) if "tokenizer.target" in tensors else source
+        )
+        tokenizers = TokenizerPair(source, target)
+    except KeyError as error:
+        raise MTError(f"{path} is missing part of a checkpoint: {error}") from None
+    if (tokenizers.source.vocab_size, tokenizers.target.vocab_size) != (config.src_vocab_size, config.tgt_vocab_size):
+        raise MTError(f"{path}: its tokenizers do not match the model's vocabulary sizes")
+    extra = {name: tensors.pop(name) for name in [n for n in tensors if n.startswith("trainer.")]}
+    model = Seq2Seq(config)
+    expected = unique_weights(model)
+    if set(tensors) != set(expected):
+        raise MTError(f"{path}: its weights do not match its model config")
+    for name, tensor in tensors.items():
+        expected[name].data.copy_(tensor.float() if tensor.is_floating_point() else tensor)
+    model.to(device).eval()
+    return Checkpoint(model, tokenizers, info, extra if with_extra else {})
+
+
+def average_checkpoints(paths: list[Path]) -> Checkpoint:
+    """The element-wise mean of the weights of several checkpoints of one model
+    (e.g. the last few of a run), with the first one's tokenizers and record."""
+    checkpoints = [load_checkpoint(path) for path in paths]
+    first = checkpoints[0]
+    for path, other in zip(paths[1:], checkpoints[1:]):
+        if other.model.config != first.model.config:
+            raise MTError(
+                f"{path} has another model config than {paths[0]}; only checkpoints of one model can be averaged"
+            )
+    weights = [unique_weights(c.model) for c in checkpoints]
+    with torch.no_grad():
+        for name, tensor in weights[0].items():
+            if tensor.is_floating_point():
+                tensor.copy_(torch.stack([w[name] for w in weights]).mean(dim=0))
+    if len(paths) > 1:
+        first.info = {**first.info, "averaged": [str(p) for p in paths]}
+    return first

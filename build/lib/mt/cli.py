@@ -1,0 +1,887 @@
+"""The `mt` command line: thin Typer commands over the package's functions.
+
+Every error a user can cause surfaces as `MTError` and is printed here as
+one line on stderr with exit status 1; nothing else prints tracebacks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+import re
+import sys
+import time
+from datetime import timedelta
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import ProgressColumn
+from rich.text import Text
+
+from mt import __version__
+from mt.config import AttentionKind, Cell, CellImpl, MTError, SubwordModel
+
+app = typer.Typer(
+    name="mt",
+    help="Translate with an LSTM encoder-decoder: train tokenizers and models, evaluate with BLEU, translate.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode=None,  # help texts hold literal [brackets]
+)
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def user_errors(command):
+    """Print an MTError as one line on stderr and exit 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except MTError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(1) from None
+        except OSError as error:  # a path the user gave cannot be written or read
+            where = f"{error.filename}: " if error.filename else ""
+            typer.echo(f"error: {where}{error.strerror or error}", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def resolve_device(device: Device):
+    import torch
+
+    if device == Device.auto:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == Device.cuda and not torch.cuda.is_available():
+        raise MTError("--device cuda was asked for, but no CUDA device is available")
+    return torch.device(device.value)
+
+
+def default_model() -> Path:
+    from mt.checkpoint import DEFAULT_MODEL
+
+    return DEFAULT_MODEL
+
+
+ModelOption = Annotated[
+    Path | None,
+    typer.Option("--model", "-m", help="Checkpoint file or directory. [default: the shipped checkpoints/de-en]"),
+]
+BeamOption = Annotated[int, typer.Option("--beam", "-b", help="Beam size; 1 is greedy search.")]
+QuantizeOption = Annotated[
+    bool,
+    typer.Option(
+        "--quantize", help="int8 weights in the recurrent and linear layers (CPU): faster, about 0.1 BLEU lower."
+    ),
+]
+LengthPenaltyOption = Annotated[
+    float,
+    typer.Option(
+        "--length-penalty", help="GNMT length penalty alpha: 0 ranks by raw log-probability, 1 normalises by length."
+    ),
+]
+DeviceOption = Annotated[Device, typer.Option(help="Where to run: auto picks CUDA when available.")]
+TrainOption = Annotated[
+    list[str],
+    typer.Option(
+        help="Training corpus: a file prefix, a .tsv file, or hf:NAME[@SPLIT]; repeat to mix corpora, "
+        "PATH:N to take a corpus N times per epoch (upsampling)."
+    ),
+]
+ValidOption = Annotated[
+    list[str],
+    typer.Option(
+        help="Validation corpus, same forms as --train; repeat for several sets (the mean BLEU selects the model)."
+    ),
+]
+DEFAULT_TRAIN = ["data/multi30k/train"]
+DEFAULT_VALID = ["data/multi30k/val"]
+SrcOption = Annotated[str, typer.Option(help="Source language (file suffix or dataset key).")]
+TgtOption = Annotated[str, typer.Option(help="Target language (file suffix or dataset key).")]
+TokenizerOption = Annotated[Path | None, typer.Option(help="Tokenizer directory. [default: data/tokenizers/SRC-TGT]")]
+EmbeddingOption = Annotated[int, typer.Option(help="Embedding size E.")]
+LayersOption = Annotated[int, typer.Option("--layers", help="Recurrent layers in encoder and decoder.")]
+BatchTokensOption = Annotated[int, typer.Option(help="Tokens per batch (padded, the longer side).")]
+SeedOption = Annotated[int, typer.Option(help="Random seed: the same seed on CPU gives the same model.")]
+
+
+@app.command("prepare-data")
+@user_errors
+def prepare_data_cli(
+    dataset: Annotated[
+        str, typer.Option(help="A Hugging Face translation dataset on the hub.")
+    ] = "bentrevett/multi30k",
+    output: Annotated[Path, typer.Option(help="Directory for the {split}.{lang}.gz files.")] = Path("data/multi30k"),
+):
+    """Download a translation dataset through `datasets` as one text file per split and language.
+
+    Example: mt prepare-data --dataset bentrevett/multi30k --output data/multi30k
+    """
+    from mt.data import export_dataset
+
+    for path in export_dataset(dataset, output):
+        typer.echo(f"wrote {path}", err=True)
+
+
+@app.command("train-tokenizer")
+@user_errors
+def train_tokenizer_cli(
+    train: TrainOption = DEFAULT_TRAIN,
+    src: SrcOption = "de",
+    tgt: TgtOption = "en",
+    vocab_size: Annotated[int, typer.Option(help="Subword vocabulary size (per tokenizer).")] = 8000,
+    model_type: Annotated[SubwordModel, typer.Option(help="SentencePiece algorithm.")] = SubwordModel.unigram,
+    joint: Annotated[
+        bool, typer.Option("--joint/--separate", help="One tokenizer for both languages, or one each.")
+    ] = True,
+    max_sentences: Annotated[
+        int,
+        typer.Option(
+            help="Learn from a random sample of at most this many sentences (per tokenizer) of a large corpus."
+        ),
+    ] = 2_000_000,
+    output: Annotated[Path | None, typer.Option(help="Output directory. [default: data/tokenizers/SRC-TGT]")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed for SentencePiece's sampling.")] = 1,
+):
+    """Train SentencePiece tokenizers on the training side of one or more corpora.
+
+    Several corpora are mixed as mt train mixes them (PATH:N counts a corpus N
+    times), and the tokenizer learns from a random sample of the mixture.
+
+    Example: mt train-tokenizer --train data/tatoeba/deu-eng/train --train data/multi30k/train --src de --tgt en
+    """
+    from mt.data import CorpusSpec, load_corpus, mixture_sentences
+    from mt.tokenizer import TokenizerPair, train_sentencepiece
+
+    if vocab_size < 8:
+        raise MTError(f"--vocab-size must be >= 8, got {vocab_size}")
+    if max_sentences <= 100:  # SentencePiece's smallest sample
+        raise MTError(f"--max-sentences must be > 100, got {max_sentences}")
+    specs = [CorpusSpec.parse(text) for text in train]
+    corpora = [(load_corpus(spec.spec, src, tgt), spec.factor) for spec in specs]
+    options = dict(vocab_size=vocab_size, model_type=model_type.value, seed=seed, input_sentence_size=max_sentences)
+    if joint:
+        source = target = train_sentencepiece(mixture_sentences(corpora, ["source", "target"]), **options)
+    else:
+        source = train_sentencepiece(mixture_sentences(corpora, ["source"]), **options)
+        target = train_sentencepiece(mixture_sentences(corpora, ["target"]), **options)
+    output = output or Path("data/tokenizers") / f"{src}-{tgt}"
+    TokenizerPair(source, target).save(output)
+    kind = "joint" if joint else "separate"
+    typer.echo(
+        f"wrote {kind} {model_type.value} tokenizers ({source.vocab_size} / {target.vocab_size} pieces) to {output}",
+        err=True,
+    )
+
+
+@app.command("train")
+@user_errors
+def train_cli(
+    ctx: typer.Context,
+    train: TrainOption = DEFAULT_TRAIN,
+    valid: ValidOption = DEFAULT_VALID,
+    src: SrcOption = "de",
+    tgt: TgtOption = "en",
+    tokenizer: TokenizerOption = None,
+    output: Annotated[Path | None, typer.Option(help="Run directory. [default: runs/SRC-TGT]")] = None,
+    embedding_size: EmbeddingOption = 256,
+    hidden_size: Annotated[int, typer.Option(help="Hidden size H of the recurrent layers.")] = 512,
+    num_layers: LayersOption = 2,
+    dropout: Annotated[float, typer.Option(help="Dropout on embeddings, between layers and before the output.")] = 0.3,
+    cell: Annotated[Cell, typer.Option(help="Recurrent cell.")] = Cell.lstm,
+    cell_impl: Annotated[
+        CellImpl, typer.Option(help="fused: torch's kernels; reference: the lecture's equations (slow).")
+    ] = CellImpl.fused,
+    attention: Annotated[
+        AttentionKind, typer.Option(help="none: the encoder's final state is all the decoder sees.")
+    ] = AttentionKind.none,
+    bidirectional: Annotated[bool, typer.Option(help="Bidirectional encoder, bridged to the decoder.")] = False,
+    reverse_source: Annotated[bool, typer.Option(help="Read the source backwards (Sutskever et al. 2014).")] = True,
+    tie_embeddings: Annotated[bool, typer.Option(help="Tie the decoder's input and output embeddings.")] = True,
+    share_embeddings: Annotated[
+        bool, typer.Option(help="One embedding matrix for both languages (joint tokenizer).")
+    ] = False,
+    batch_tokens: BatchTokensOption = 4096,
+    accumulate: Annotated[
+        int, typer.Option(help="Batches per update (per worker under torchrun): a larger batch than memory allows.")
+    ] = 1,
+    learning_rate: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-3,
+    clip_norm: Annotated[float, typer.Option(help="Clip the gradient norm to this (exploding gradients).")] = 1.0,
+    label_smoothing: Annotated[float, typer.Option(help="Label smoothing of the loss, in [0, 0.99].")] = 0.1,
+    max_epochs: Annotated[int, typer.Option("--epochs", help="Maximum epochs.")] = 30,
+    max_steps: Annotated[int, typer.Option(help="Stop after this many updates (0: no limit).")] = 0,
+    validate_every: Annotated[int, typer.Option(help="Validate every N updates (0: every epoch).")] = 0,
+    patience: Annotated[int, typer.Option(help="Stop after N validations without a better BLEU (0: never).")] = 5,
+    lr_patience: Annotated[int, typer.Option(help="Decay the learning rate after N validations without gain.")] = 2,
+    lr_decay: Annotated[float, typer.Option(help="Factor of each learning-rate decay, in (0, 1].")] = 0.5,
+    warmup_steps: Annotated[int, typer.Option(help="Linear learning-rate warm-up steps.")] = 0,
+    max_length: Annotated[int, typer.Option(help="Drop training pairs longer than this many subwords.")] = 100,
+    validation_beam: Annotated[int, typer.Option(help="Beam size for validation BLEU.")] = 1,
+    max_minutes: Annotated[float, typer.Option(help="Stop after this many minutes of wall time (0: no limit).")] = 0.0,
+    keep_checkpoints: Annotated[int, typer.Option(help="Keep the last N validation checkpoints, for mt average.")] = 0,
+    bf16: Annotated[
+        bool,
+        typer.Option(
+            help="bf16 autocast for the forward pass (faster on CPUs with AVX512-BF16 or AMX, and on GPUs); weights stay fp32."
+        ),
+    ] = False,
+    seed: SeedOption = 1,
+    device: DeviceOption = Device.auto,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="Start from this trained model's weights, tokenizer and architecture (fine-tuning), "
+            "with a fresh optimizer and schedule; architecture options must agree with it."
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(help="Start afresh: delete the run's own checkpoints and log (only after every input was read)."),
+    ] = False,
+):
+    """Train an encoder-decoder; keeps the best (by validation BLEU) and the last checkpoint.
+
+    Re-running the same command on the same --output resumes an interrupted run.
+    Several --train corpora are mixed into one (PATH:N: N copies per epoch);
+    with several --valid sets, the mean of their BLEU selects the best model.
+    --init-from fine-tunes a trained model (e.g. on a new domain) in a new run.
+    Under torchrun (torchrun --nproc-per-node N -m mt train ...) it trains on N
+    workers; see the README.
+
+    Example: mt train --src de --tgt en --attention luong --bidirectional --output runs/de-en
+    """
+    from mt import distributed
+    from mt.checkpoint import load_checkpoint
+    from mt.config import ModelConfig, TrainConfig
+    from mt.tokenizer import TokenizerPair
+    from mt.train import Interrupted, RunDirectory, Trainer, provenance
+
+    train_config = _config(TrainConfig, ctx.params)
+    parent = load_checkpoint(init_from) if init_from is not None else None
+    if parent is not None and _given(ctx, "tokenizer"):
+        raise MTError("--tokenizer cannot be combined with --init-from: the model keeps its checkpoint's tokenizer")
+    tokenizers = (
+        parent.tokenizers if parent else TokenizerPair.load(tokenizer or Path("data/tokenizers") / f"{src}-{tgt}")
+    )
+    vocab_sizes = {"src_vocab_size": tokenizers.source.vocab_size, "tgt_vocab_size": tokenizers.target.vocab_size}
+    model_config = _config(ModelConfig, {**ctx.params, **vocab_sizes})
+    if parent is not None:
+        model_config = _inherit_architecture(ctx, parent.model.config, model_config)
+    run = RunDirectory(output or Path("runs") / f"{src}-{tgt}")
+    resume = run.check(overwrite)
+    device_ = distributed.start(resolve_device(device))
+    workers = distributed.current()
+    # Only the first worker reports and writes; the others would repeat every line.
+    err = _stderr_console(quiet=not workers.is_main)
+    try:
+        with run.lock() if workers.is_main else contextlib.nullcontext():
+            with distributed.main_first():  # the first worker tokenizes into the datasets cache
+                corpus, validation, train_corpora = _training_data(train, valid, src, tgt, tokenizers, max_length, err)
+            if overwrite and workers.is_main:
+                run.clear()
+            info = provenance(src, tgt, train_corpora, list(validation), seed, workers.world_size, init_from, parent)
+            trainer = Trainer(model_config, train_config, tokenizers, corpus, validation, run.path, device_, info)
+            if parent is not None:
+                trainer.model.load_state_dict(parent.model.state_dict())
+            if resume:
+                changes = trainer.resume()
+                err.print(f"resuming {run.path} at step {trainer.state.step} (epoch {trainer.state.epoch + 1})")
+                for change in changes:
+                    err.print(f"  changed since the last run: {change}")
+            where = f"{workers.world_size} workers on {device_.type}" if workers.world_size > 1 else str(device_)
+            err.print(f"model: {trainer.model.num_parameters():,} parameters on {where}")
+            try:
+                with _progress_reporter(err) as reporter:
+                    result = trainer.run(reporter)
+            except Interrupted:
+                err.print(
+                    f"interrupted at step {trainer.state.step}; saved {trainer.last_path}. Resume with the same command."
+                )
+                raise typer.Exit(130) from None
+        err.print(f"best validation BLEU {result.best_bleu:.2f}: {result.best}")
+        err.print(f"last checkpoint: {result.last}")
+    finally:
+        distributed.stop()
+
+
+def _config(cls, options: dict):
+    """A config dataclass from the command's options of the same names (choices by their value)."""
+    names = {field.name for field in dataclasses.fields(cls)}
+    return cls(
+        **{name: value.value if isinstance(value, Enum) else value for name, value in options.items() if name in names}
+    )
+
+
+# ModelConfig fields that make the architecture (each set by the option of the same name).
+ARCHITECTURE = (
+    "embedding_size",
+    "hidden_size",
+    "num_layers",
+    "cell",
+    "attention",
+    "bidirectional",
+    "reverse_source",
+    "tie_embeddings",
+    "share_embeddings",
+)
+
+
+def _given(ctx: typer.Context, parameter: str) -> bool:
+    """Whether the user gave this option (rather than leaving its default)."""
+    source = ctx.get_parameter_source(parameter)  # compared by name: typer may bring its own click
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT", "PROMPT")
+
+
+def _inherit_architecture(ctx: typer.Context, parent, requested):
+    """The parent checkpoint's architecture, with this run's dropout and cell
+    implementation; an architecture option given with another value is an error."""
+    for field in ARCHITECTURE:
+        mine, theirs = getattr(requested, field), getattr(parent, field)
+        if _given(ctx, field) and mine != theirs:
+            flag = next(param.opts[0] for param in ctx.command.params if param.name == field)
+            raise MTError(f"{flag} {mine} conflicts with --init-from, whose model has {theirs}; leave the option out")
+    return dataclasses.replace(parent, dropout=requested.dropout, cell_impl=requested.cell_impl)
+
+
+def _training_data(train: list[str], valid: list[str], src: str, tgt: str, tokenizers, max_length: int, err):
+    """Read and tokenize the training corpora (mixed by their upsampling factors)
+    and read the validation sets; report what the length filter dropped.
+    Returns the mixed corpus, the validation sets by name and, per training
+    corpus, its spec, factor and fingerprint (for the checkpoint's provenance)."""
+    from mt.data import CorpusSpec, TokenizedCorpus, corpus_fingerprint, load_corpus, tokenize_corpus
+
+    if not err.is_terminal:  # keep logs free of progress-bar redraws
+        import datasets
+
+        datasets.disable_progress_bars()
+    for name, specs in (("--train", train), ("--valid", valid)):
+        if len(set(specs)) < len(specs):
+            raise MTError(f"{name}: the same corpus is given twice; use PATH:N to weight a training corpus")
+    specs = [CorpusSpec.parse(text) for text in train]
+    validation = {}
+    for spec in valid:
+        valid_data = load_corpus(spec, src, tgt)
+        validation[spec] = (valid_data["source"], valid_data["target"])
+    parts, provenance = [], []
+    for spec in specs:
+        train_data = load_corpus(spec.spec, src, tgt)
+        part = tokenize_corpus(train_data, tokenizers, max_length)
+        if not len(part):
+            raise MTError(
+                f"{spec.spec}: no training pairs left after filtering empty and longer than {max_length} subwords"
+            )
+        times = f", taken {spec.factor} times per epoch" if spec.factor > 1 else ""
+        err.print(
+            f"training pairs of {spec.spec}: {len(part):,} kept, {part.dropped:,} dropped "
+            f"(empty or longer than {max_length} subwords){times}"
+        )
+        parts.append((part, spec.factor))
+        provenance.append(
+            {
+                "corpus": spec.spec,
+                "factor": spec.factor,
+                "fingerprint": corpus_fingerprint(spec.spec, src, tgt, train_data),
+            }
+        )
+    return TokenizedCorpus.mix(parts), validation, provenance
+
+
+def _stderr_console(quiet: bool = False):
+    from rich.console import Console
+
+    # Plain text: paths may hold [brackets] (not markup) and must not be wrapped.
+    return Console(stderr=True, markup=False, highlight=False, soft_wrap=True, quiet=quiet)
+
+
+class TimeLeftColumn(ProgressColumn):
+    """Time until training ends: the estimate from the step rate, or the time left
+    of the --max-minutes budget (task field `deadline`) when that is sooner."""
+
+    def render(self, task) -> Text:
+        remaining = task.time_remaining
+        deadline = task.fields.get("deadline")
+        if deadline is not None:
+            budget = max(0.0, deadline - time.monotonic())
+            remaining = budget if remaining is None else min(remaining, budget)
+        return Text(
+            "-:--:--" if remaining is None else str(timedelta(seconds=int(remaining))), style="progress.remaining"
+        )
+
+
+def _progress_reporter(console):
+    """The trainer's reporter for a person: a rich progress bar on a terminal (loss,
+    tokens/s, ETA), a line every 100 updates in a log, and each validation as a line."""
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+    from mt.train import Reporter, validation_line
+
+    class ProgressReporter(Reporter, Progress):
+        def started(self, total_steps, state, deadline) -> None:
+            self.total_steps = total_steps
+            self.task = self.add_task("training", total=total_steps, completed=state.step, info="", deadline=deadline)
+
+        def updated(self, state, loss_average) -> None:
+            rate = state.train_tokens / max(state.train_seconds, 1e-9)
+            info = f"epoch {state.epoch + 1} loss {loss_average:.3f} {rate:,.0f} tok/s best BLEU {max(state.best_bleu, 0):.2f}"
+            self.update(self.task, completed=state.step, info=info)
+            if not self.console.is_terminal and state.step % 100 == 0:  # a log file gets a line now and then
+                self.console.print(f"step {state.step}/{self.total_steps}  {info}")
+
+        def validated(self, record) -> None:
+            self.console.print(validation_line(record))
+
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
+    return ProgressReporter(
+        *columns,
+        TextColumn("ETA"),
+        TimeLeftColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        disable=not console.is_terminal,
+    )
+
+
+def _load_translator(model: Path | None, device: Device, quantize: bool):
+    from mt.translator import Translator
+
+    return Translator.from_checkpoint(model or default_model(), resolve_device(device), quantize)
+
+
+def _decode_config(beam: int, length_penalty: float):
+    from mt.config import DecodeConfig
+
+    if beam < 1:
+        raise MTError(f"--beam must be >= 1, got {beam}")
+    return DecodeConfig(beam_size=beam, length_penalty=length_penalty)
+
+
+def _check_output_file(path: Path | None) -> None:
+    """Fail before any work when an output file cannot be written."""
+    if path is not None and path.is_dir():
+        raise MTError(f"--output {path} is a directory; give a file name")
+
+
+@app.command("evaluate")
+@user_errors
+def evaluate_cli(
+    src: Annotated[Path, typer.Option(help="Source sentences, one per line (.gz allowed).")],
+    ref: Annotated[Path, typer.Option(help="Reference translations, one per line.")],
+    model: ModelOption = None,
+    beam: BeamOption = 5,
+    length_penalty: LengthPenaltyOption = 1.0,
+    output: Annotated[Path | None, typer.Option(help="Write the translations to this file.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")] = False,
+    device: DeviceOption = Device.auto,
+    quantize: QuantizeOption = False,
+):
+    """Translate a file and score it against references with sacreBLEU (BLEU and chrF).
+
+    Example: mt evaluate --model checkpoints/de-en --src data/multi30k/test_2016_flickr.de.gz --ref data/multi30k/test_2016_flickr.en.gz
+    """
+    from mt.checkpoint import write_atomic
+    from mt.data import read_lines
+    from mt.evaluate import score
+
+    decode = _decode_config(beam, length_penalty)
+    _check_output_file(output)
+    sources, references = read_lines(src), read_lines(ref)
+    if len(sources) != len(references):
+        raise MTError(f"{src} has {len(sources)} lines but {ref} has {len(references)}")
+    if not sources:
+        raise MTError(f"{src} is empty")
+    translator = _load_translator(model, device, quantize)
+    hypotheses = translator.translate(sources, decode)
+    if output is not None:
+        write_atomic(output, "".join(h + "\n" for h in hypotheses).encode())
+    scores = score(hypotheses, references)
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "model": str(model or default_model()),
+                    "beam": beam,
+                    "length_penalty": length_penalty,
+                    "quantize": quantize,
+                    **scores,
+                }
+            )
+        )
+        return
+    typer.echo(f"BLEU  {scores['bleu']:6.2f}  {scores['bleu_signature']}")
+    typer.echo(f"BLEU  {scores['bleu_lowercase']:6.2f}  {scores['bleu_lowercase_signature']}")
+    typer.echo(f"chrF  {scores['chrf']:6.2f}  {scores['chrf_signature']}")
+
+
+def _read_stdin_lines() -> list[str]:
+    data = sys.stdin.buffer.read()
+    raw_lines = data.split(b"\n")
+    if raw_lines and raw_lines[-1] == b"":
+        raw_lines.pop()
+    lines = []
+    for number, raw in enumerate(raw_lines, start=1):
+        try:
+            lines.append(raw.decode("utf-8").rstrip("\r"))
+        except UnicodeDecodeError:
+            raise MTError(f"standard input: line {number} is not valid UTF-8") from None
+    return lines
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.splitlines())
+
+
+def _show_alignment(translator, source: str, translation: str) -> None:
+    """Print the attention weights as a compact source-by-target grid."""
+    alignment = translator.alignment(source, translation)
+    if alignment is None:
+        typer.echo("  (this model has no attention to show)", err=True)
+        return
+    source_pieces, target_pieces, weights = alignment
+    shades = " ░▒▓█"
+    width = max(len(p) for p in target_pieces)
+    for row, piece in enumerate(target_pieces):
+        cells = "".join(shades[min(4, int(float(w) * 5))] * 2 for w in weights[row])
+        typer.echo(f"  {piece:>{width}} |{cells}|")
+    typer.echo(f"  {'':>{width}}  " + " ".join(f"{i}:{p}" for i, p in enumerate(source_pieces)))
+
+
+@app.command("translate")
+@user_errors
+def translate_cli(
+    text: Annotated[list[str] | None, typer.Argument(help="Sentences to translate; without them, read stdin.")] = None,
+    model: ModelOption = None,
+    beam: BeamOption = 5,
+    length_penalty: LengthPenaltyOption = 1.0,
+    n_best: Annotated[int, typer.Option(help="Show the N best translations with their scores (interactive).")] = 1,
+    show_attention: Annotated[
+        bool, typer.Option(help="Show the source-target attention (interactive, attention models).")
+    ] = False,
+    split: Annotated[
+        bool, typer.Option("--split/--no-split", help="Translate a text of several sentences sentence by sentence.")
+    ] = True,
+    device: DeviceOption = Device.auto,
+    quantize: QuantizeOption = False,
+):
+    """Translate text: from arguments, from a pipe (one line out per line in), or interactively.
+
+    A text of several sentences is split into sentences, translated as one
+    batch and put back together with its own spaces and line breaks; a
+    sentence longer than the model reads well is translated in pieces.
+
+    \b
+    Examples:
+      mt translate "Ein Hund läuft über die Wiese."
+      mt translate < sentences.de > sentences.en
+      mt translate              (interactive; Ctrl-D to quit)
+    """
+    decode = _decode_config(beam, length_penalty)
+    if not 1 <= n_best <= beam:
+        raise MTError(f"--n-best must be between 1 and --beam ({beam}), got {n_best}")
+    translator = _load_translator(model, device, quantize)
+    if text:
+        for translation in translator.translate(text, decode, split):
+            typer.echo(translation)
+        return
+    if not sys.stdin.isatty():
+        # All of stdin at once: the translator sorts it by length into full batches.
+        for translation in translator.translate(_read_stdin_lines(), decode, split):
+            sys.stdout.write(_one_line(translation) + "\n")
+        sys.stdout.flush()
+        return
+    _interactive(translator, decode, n_best, show_attention, split)
+
+
+def _interactive(translator, decode, n_best: int, show_attention: bool, split: bool) -> None:
+    import readline  # noqa: F401  (line editing and history for input())
+
+    history = Path.home() / ".mt_history"
+    try:
+        readline.read_history_file(history)
+    except OSError:
+        pass
+    info = translator.tokenizers
+    typer.echo(
+        f"mt {__version__}: type a sentence, Enter to translate; Ctrl-D to quit. ({info.source.vocab_size} subwords)",
+        err=True,
+    )
+    try:
+        while True:
+            line = input("> ")
+            if not line.strip():
+                continue
+            candidates = translator.translate_n_best([line], decode, n_best, split)[0]
+            typer.echo(_one_line(candidates[0].text))
+            if n_best > 1:
+                for rank, candidate in enumerate(candidates, start=1):
+                    typer.echo(f"  {rank}. ({candidate.score:.3f}) {_one_line(candidate.text)}")
+            if show_attention:
+                _show_alignment(translator, line, candidates[0].text)
+    except (EOFError, KeyboardInterrupt):
+        typer.echo("", err=True)
+    finally:
+        try:
+            readline.write_history_file(history)
+        except OSError:
+            pass
+
+
+@app.command("average")
+@user_errors
+def average_cli(
+    checkpoints: Annotated[
+        list[Path], typer.Argument(help="Checkpoints of one model, e.g. runs/de-en/step-*.safetensors.")
+    ],
+    output: Annotated[Path, typer.Option(help="Where to write the averaged checkpoint (file or directory).")],
+    fp16: Annotated[bool, typer.Option(help="Store the weights in float16 (half the size).")] = False,
+):
+    """Average the weights of several checkpoints of one run (or convert one to fp16).
+
+    Example: mt average runs/de-en/step-*.safetensors --output checkpoints/de-en --fp16
+    """
+    import torch
+
+    from mt.checkpoint import FILENAME, average_checkpoints, save_checkpoint
+
+    averaged = average_checkpoints(checkpoints)
+    info = {key: value for key, value in averaged.info.items() if key not in ("trainer_state", "optimizer_groups")}
+    target = output / FILENAME if output.is_dir() or not output.suffix else output
+    save_checkpoint(target, averaged.model, averaged.tokenizers, info, dtype=torch.float16 if fp16 else None)
+    typer.echo(f"wrote {target} (average of {len(checkpoints)})", err=True)
+
+
+@app.command("inspect")
+@user_errors
+def inspect_cli(
+    model: Annotated[
+        list[Path] | None,
+        typer.Option("--model", "-m", help="Checkpoint(s); repeat to compare. [default: the shipped model]"),
+    ] = None,
+    src: Annotated[Path | None, typer.Option(help="Source sentences. [default: data/multi30k/val.SRC.gz]")] = None,
+    ref: Annotated[Path | None, typer.Option(help="Their references. [default: data/multi30k/val.TGT.gz]")] = None,
+    sentences: Annotated[int, typer.Option(help="How many sentences to average over.")] = 64,
+    distance: Annotated[int, typer.Option(help="Measure the gradient up to this many steps back in time.")] = 15,
+    log: Annotated[
+        list[Path] | None, typer.Option(help="A run's log.jsonl: plot its learning curves; repeat to compare runs.")
+    ] = None,
+    sentence: Annotated[
+        str | None, typer.Option(help="Sentence for the attention heatmap. [default: the first source]")
+    ] = None,
+    untrained: Annotated[
+        bool, typer.Option(help="Also measure each model freshly initialised (same config, seed 1).")
+    ] = False,
+    output: Annotated[Path, typer.Option(help="Directory for the PNG plots and inspect.json.")] = Path("inspect"),
+):
+    """Measure what the lecture talks about: the gradient reaching each encoder step
+    (backpropagation through time), the LSTM's gate activations, learning curves and attention.
+
+    \b
+    Examples:
+      mt inspect --model checkpoints/de-en-base
+      mt inspect -m runs/compare/rnn/best.safetensors -m runs/compare/lstm/best.safetensors --output inspect/cells
+      mt inspect --log runs/compare/rnn/log.jsonl --log runs/compare/lstm/log.jsonl
+    """
+    import torch
+
+    from mt.checkpoint import load_checkpoint
+    from mt.data import read_lines
+    from mt.diagnostics import inspect_model, plot_attention, plot_gradient_flow, plot_learning_curves, read_log
+    from mt.model import Seq2Seq
+
+    if sentences < 1 or distance < 1:
+        raise MTError(f"--sentences and --distance must be >= 1, got {sentences} and {distance}")
+    runs = {label: read_log(path) for path, label in zip(log or [], _short_names(log or []))}
+    checkpoints = []
+    paths = [Path(p) for p in model or [default_model()]]
+    for path, label in zip(paths, _short_names(paths)):
+        checkpoint = load_checkpoint(path)
+        checkpoints.append((label, checkpoint))
+        if untrained:
+            torch.manual_seed(1)
+            fresh = dataclasses.replace(checkpoint, model=Seq2Seq(checkpoint.model.config).eval())
+            checkpoints.append((f"{label}, untrained", fresh))
+    output.mkdir(parents=True, exist_ok=True)
+    report: dict = {"models": {}}
+    flows = {}
+    for label, checkpoint in checkpoints:
+        config, info = checkpoint.model.config, checkpoint.info
+        sources = read_lines(src or Path(f"data/multi30k/val.{info.get('source_language', 'de')}.gz"))[:sentences]
+        references = read_lines(ref or Path(f"data/multi30k/val.{info.get('target_language', 'en')}.gz"))[:sentences]
+        found = inspect_model(checkpoint.model, checkpoint.tokenizers, sources, references, distance, sentence)
+        flow = flows[f"{label} ({config.cell})"] = found.flow
+        typer.echo(
+            f"{label}: {config.cell}, attention {config.attention}; |dL/dh_t| by steps before the last one read ({flow.sentences} sentences)"
+        )
+        for d in range(0, len(flow.hidden), max(1, len(flow.hidden) // 8)):
+            cell = f"   |dL/dC| {flow.cell[d]:.3e}" if flow.cell else ""
+            typer.echo(f"  {d:>3}  |dL/dh| {flow.hidden[d]:.3e}{cell}")
+        typer.echo(f"  first/last step gradient ratio: {flow.first_to_last_ratio:.3e}")
+        if found.gates:
+            typer.echo("  encoder gates: mean (share < 0.1 / share > 0.9)")
+            for layer, values in found.gates.items():
+                summary = "  ".join(
+                    f"{g} {v['mean']:.2f} ({v['near_0']:.0%}/{v['near_1']:.0%})" for g, v in values.items()
+                )
+                typer.echo(f"    {layer}: {summary}")
+        if found.alignment:
+            heatmap = output / ("attention-" + re.sub(r"[^\w.-]+", "-", label) + ".png")
+            plot_attention(*found.alignment, heatmap)
+            typer.echo(f"  attention heatmap: {heatmap}")
+        report["models"][label] = {
+            "cell": config.cell,
+            "attention": config.attention,
+            "gradient_flow": dataclasses.asdict(flow),
+            "first_to_last": flow.first_to_last_ratio,
+            "gates": found.gates,
+        }
+    plot_gradient_flow(flows, output / "gradient-flow.png")
+    typer.echo(f"gradient flow plot: {output / 'gradient-flow.png'}")
+    if runs:
+        plot_learning_curves(runs, output / "learning-curves.png")
+        typer.echo(f"learning curves: {output / 'learning-curves.png'}")
+    (output / "inspect.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+def _short_names(paths: list[Path]) -> list[str]:
+    """Short names for files: the file or folder name, with its parent
+    folder when two would otherwise read the same (runs/x/best, runs/y/best)."""
+    names = [p.stem if p.suffix else p.name for p in paths]
+    if len(set(names)) < len(names):
+        names = [f"{p.resolve().parent.name}/{name}" for p, name in zip(paths, names)]
+    return names
+
+
+@app.command("compare")
+@user_errors
+def compare_cli(
+    ctx: typer.Context,
+    train: TrainOption = DEFAULT_TRAIN,
+    valid: ValidOption = DEFAULT_VALID,
+    src: SrcOption = "de",
+    tgt: TgtOption = "en",
+    tokenizer: TokenizerOption = None,
+    minutes: Annotated[float, typer.Option(help="Wall-clock minutes of training for each cell.")] = 10.0,
+    embedding_size: EmbeddingOption = 256,
+    hidden_size: Annotated[int, typer.Option(help="The LSTM's hidden size; it sets the parameter budget.")] = 512,
+    num_layers: LayersOption = 2,
+    attention: Annotated[AttentionKind, typer.Option(help="Attention of all three models.")] = AttentionKind.none,
+    batch_tokens: BatchTokensOption = 4096,
+    validate_every: Annotated[int, typer.Option(help="Validate every N updates (0: every epoch).")] = 200,
+    output: Annotated[Path, typer.Option(help="Directory for the three runs and compare.json.")] = Path("runs/compare"),
+    seed: SeedOption = 1,
+    device: DeviceOption = Device.auto,
+):
+    """Train a plain RNN, a GRU and an LSTM of equal parameter budget for the same wall time; print one table.
+
+    Example: mt compare --minutes 8 --output runs/compare
+    """
+    from mt.config import ModelConfig, TrainConfig
+    from mt.diagnostics import compare_cells
+    from mt.tokenizer import TokenizerPair
+
+    if minutes <= 0:
+        raise MTError(f"--minutes must be > 0, got {minutes}")
+    tokenizers = TokenizerPair.load(tokenizer or Path("data/tokenizers") / f"{src}-{tgt}")
+    vocab_sizes = {"src_vocab_size": tokenizers.source.vocab_size, "tgt_vocab_size": tokenizers.target.vocab_size}
+    config = _config(ModelConfig, {**ctx.params, **vocab_sizes})
+    train_config = TrainConfig(
+        batch_tokens=batch_tokens,
+        max_minutes=minutes,
+        max_epochs=1000,
+        patience=0,
+        validate_every=validate_every,
+        seed=seed,
+    )
+    err = _stderr_console()
+    corpus, validation, _ = _training_data(train, valid, src, tgt, tokenizers, train_config.max_length, err)
+    with _progress_reporter(err) as reporter:
+        rows = compare_cells(
+            config, train_config, tokenizers, corpus, validation, output, resolve_device(device), reporter=reporter
+        )
+    (output / "compare.json").write_text(json.dumps(rows, indent=2) + "\n")
+    typer.echo(
+        "| cell | hidden | parameters | updates | tokens/s | val BLEU | sentences/s (greedy) | dL/dh first/last |"
+    )
+    typer.echo("|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        typer.echo(
+            f"| {row['cell']} | {row['hidden_size']} | {row['parameters']:,} | {row['updates']} | {row['tokens_per_second']:,} | "
+            f"{row['validation_bleu']:.2f} | {row['sentences_per_second']} | {row['gradient_first_to_last']:.2e} |"
+        )
+
+
+@app.command("serve")
+@user_errors
+def serve_cli(
+    model: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Checkpoint file or directory; repeat for several directions, one model each. "
+            "[default: the shipped checkpoints/de-en and checkpoints/en-de]",
+        ),
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; any but a loopback address opens the server to other machines.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on; 0 picks a free one.")] = 5000,
+    max_chars: Annotated[int, typer.Option(help="Most characters of text in one request.")] = 5000,
+    max_items: Annotated[int, typer.Option(help="Most texts in one request's q list.")] = 100,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MT_API_KEY",
+            help="Require this key on every call but the page: api_key in the body or Authorization: Bearer KEY.",
+        ),
+    ] = None,
+    batch_wait_ms: Annotated[
+        float, typer.Option(help="How long a model's worker waits for more requests to translate with the first.")
+    ] = 5.0,
+    batching: Annotated[
+        bool, typer.Option("--batching/--no-batching", help="Translate the requests that arrive together as one batch.")
+    ] = True,
+    device: DeviceOption = Device.auto,
+    quantize: QuantizeOption = False,
+):
+    """Serve translations over HTTP: a LibreTranslate-compatible JSON API and a web page.
+
+    POST /translate with {"q": "...", "source": "de", "target": "en"} answers
+    {"translatedText": "..."}; GET /languages lists the loaded directions; the
+    page at / translates as you type. Ctrl-C or SIGTERM finish the requests in
+    flight, then stop the server.
+
+    \b
+    Examples:
+      mt serve                          (http://127.0.0.1:5000: de->en and en->de)
+      mt serve --model checkpoints/de-en --port 8080
+      MT_API_KEY=secret mt serve --host 0.0.0.0
+    """
+    from mt.server import serve
+
+    serve(model, host, port, max_chars, max_items, api_key, batch_wait_ms, batching, resolve_device(device), quantize)
+
+
+@app.command("version")
+def version_cli():
+    """Print the version of mt."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:  # Ctrl-C while loading, before a command could handle it
+        typer.echo("", err=True)
+        sys.exit(130)

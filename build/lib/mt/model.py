@@ -1,0 +1,306 @@
+"""The encoder-decoder: an RNN encoder compresses the source, an RNN decoder
+generates the target from it (Sutskever, Vinyals & Le 2014).
+
+Shape legend, used in every comment of the package:
+    B batch, S source length, T target length, E embedding size,
+    H hidden size, V vocabulary size, L layers, K beam size.
+
+With `attention="none"` (the design's model) the encoder's final state is the
+decoder's only view of the source. With attention the decoder also reads
+every encoder output at every step (Bahdanau et al. 2015, Luong et al. 2015)
+and feeds its attentional vector back in as input (input feeding).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from mt.cells import ReferenceRNN, reverse_padded
+from mt.config import AttentionKind, Cell, CellImpl, ModelConfig, MTError
+
+RNN_CLASSES = {Cell.lstm: nn.LSTM, Cell.gru: nn.GRU, Cell.rnn: nn.RNN}
+
+# A recurrent state: (hidden_state, cell_state) for an LSTM, hidden_state
+# alone for GRU and plain RNN cells; each tensor is (L, B, H).
+State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
+def map_state(state: State, fn: Callable[[torch.Tensor], torch.Tensor]) -> State:
+    return tuple(fn(s) for s in state) if isinstance(state, tuple) else fn(state)
+
+
+def make_rnn(config: ModelConfig, input_size: int, hidden_size: int, bidirectional: bool) -> nn.Module:
+    """The recurrent layers: torch's fused kernels, or the lecture's equations (`cell_impl="reference"`)."""
+    options = dict(
+        num_layers=config.num_layers,
+        dropout=config.dropout if config.num_layers > 1 else 0.0,
+        bidirectional=bidirectional,
+    )
+    if config.cell_impl == CellImpl.reference:
+        rnn = ReferenceRNN(config.cell, input_size, hidden_size, **options)
+    else:
+        rnn = RNN_CLASSES[config.cell](input_size, hidden_size, batch_first=True, **options)
+    if config.cell == "lstm":
+        init_forget_gate_bias(rnn)
+    return rnn
+
+
+def init_forget_gate_bias(rnn: nn.Module, value: float = 1.0) -> None:
+    """Start an LSTM's forget gates open (bias 1) so that the cell state, and
+    its gradient, are carried across many steps from the first update on
+    (Gers et al. 2000; Jozefowicz et al. 2015)."""
+    for name, bias in rnn.named_parameters():
+        if name.startswith("bias_ih"):
+            hidden = bias.size(0) // 4  # gate order in torch: input, forget, cell, output
+            with torch.no_grad():
+                bias[hidden : 2 * hidden].fill_(value)
+        elif name.startswith("bias_hh"):
+            hidden = bias.size(0) // 4
+            with torch.no_grad():
+                bias[hidden : 2 * hidden].zero_()
+
+
+@dataclass
+class EncoderOutput:
+    """What the decoder may read of the source."""
+
+    memory: torch.Tensor  # (B, S, H) encoder outputs, in source order
+    keys: torch.Tensor | None  # (B, S, H) attention keys precomputed from memory, or None
+    mask: torch.Tensor  # (B, S) True at real tokens
+
+    def select(self, index: torch.Tensor) -> EncoderOutput:
+        """Rows `index` of every tensor (to expand or reorder beams)."""
+        keys = None if self.keys is None else self.keys.index_select(0, index)
+        return EncoderOutput(self.memory.index_select(0, index), keys, self.mask.index_select(0, index))
+
+
+@dataclass
+class DecoderState:
+    """The decoder's recurrent state and, with input feeding, the last attentional vector."""
+
+    rnn: State  # (L, B, H) each
+    feed: torch.Tensor | None  # (B, H)
+
+    def select(self, index: torch.Tensor) -> DecoderState:
+        feed = None if self.feed is None else self.feed.index_select(0, index)
+        return DecoderState(map_state(self.rnn, lambda s: s.index_select(1, index)), feed)
+
+
+class Encoder(nn.Module):
+    def __init__(self, config: ModelConfig, embedding: nn.Embedding):
+        super().__init__()
+        self.reverse_source = config.reverse_source
+        self.bidirectional = config.bidirectional
+        self.embedding = embedding
+        self.dropout = nn.Dropout(config.dropout)
+        directions = 2 if config.bidirectional else 1
+        self.rnn = make_rnn(config, config.embedding_size, config.hidden_size // directions, config.bidirectional)
+        # The bridge maps the two directions' final states onto the decoder's initial state.
+        self.bridge = (
+            nn.ModuleList(
+                nn.Linear(config.hidden_size, config.hidden_size) for _ in range(2 if config.cell == "lstm" else 1)
+            )
+            if config.bidirectional
+            else None
+        )
+
+    def forward(self, source: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, State]:
+        """source (B, S), lengths (B,) -> memory (B, S, H) in source order, final state (L, B, H)."""
+        if self.reverse_source:  # Sutskever's trick: the first source words end up nearest the decoder
+            source = reverse_padded(source, lengths)
+        embedded = self.dropout(self.embedding(source))  # (B, S, E)
+        if isinstance(self.rnn, ReferenceRNN):
+            memory, state = self.rnn(embedded, None, lengths)  # (B, S, H)
+        else:
+            packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            outputs, state = self.rnn(packed)
+            memory, _ = pad_packed_sequence(outputs, batch_first=True, total_length=source.size(1))  # (B, S, H)
+        if self.reverse_source:
+            memory = reverse_padded(memory, lengths)
+        if self.bridge is not None:
+            states = state if isinstance(state, tuple) else (state,)
+            bridged = tuple(torch.tanh(linear(self._join_directions(s))) for linear, s in zip(self.bridge, states))
+            state = bridged if isinstance(state, tuple) else bridged[0]
+        return memory, state
+
+    @staticmethod
+    def _join_directions(state: torch.Tensor) -> torch.Tensor:
+        """(L * 2, B, H / 2) -> (L, B, H): forward and backward final states side by side."""
+        layers2, batch, half = state.shape
+        return state.view(layers2 // 2, 2, batch, half).permute(0, 2, 1, 3).reshape(layers2 // 2, batch, 2 * half)
+
+
+class Attention(nn.Module):
+    """Scores every encoder output m_s against the decoder's hidden state h_t and
+    reads the source through the softmax of the scores. Subclasses define the score."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.key = nn.Linear(hidden_size, hidden_size, bias=False)
+
+    def keys(self, memory: torch.Tensor) -> torch.Tensor:
+        """memory (B, S, H) -> keys (B, S, H); computed once per sentence."""
+        return self.key(memory)
+
+    def score(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """query (B, H), keys (B, S, H) -> scores (B, S)."""
+        raise NotImplementedError
+
+    def forward(self, query: torch.Tensor, source: EncoderOutput) -> tuple[torch.Tensor, torch.Tensor]:
+        """query (B, H) -> context (B, H), weights (B, S)."""
+        scores = self.score(query, source.keys).masked_fill(~source.mask, float("-inf"))  # (B, S)
+        weights = torch.softmax(scores, dim=-1)  # (B, S)
+        context = torch.bmm(weights[:, None, :], source.memory).squeeze(1)  # (B, H)
+        return context, weights
+
+
+class LuongAttention(Attention):
+    """Luong et al. 2015, "general": score(h_t, m_s) = h_t . (W_a m_s)."""
+
+    def score(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        return torch.bmm(keys, query[:, :, None]).squeeze(2)  # (B, S)
+
+
+class BahdanauAttention(Attention):
+    """Bahdanau et al. 2015, additive: score(h_t, m_s) = v . tanh(W_q h_t + W_k m_s)."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__(hidden_size)
+        self.query = nn.Linear(hidden_size, hidden_size, bias=True)
+        self.energy = nn.Linear(hidden_size, 1, bias=False)
+
+    def score(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        return self.energy(torch.tanh(keys + self.query(query)[:, None, :])).squeeze(2)  # (B, S)
+
+
+ATTENTION_CLASSES: dict[AttentionKind, type[Attention]] = {
+    AttentionKind.luong: LuongAttention,
+    AttentionKind.bahdanau: BahdanauAttention,
+}
+
+
+def make_attention(kind: AttentionKind, hidden_size: int) -> Attention | None:
+    """The attention of `kind`, or None for the design's model (`none`)."""
+    if kind == AttentionKind.none:
+        return None
+    if kind not in ATTENTION_CLASSES:
+        raise MTError(f"unknown attention {kind!r}; known: {', '.join(map(str, ATTENTION_CLASSES))}")
+    return ATTENTION_CLASSES[kind](hidden_size)
+
+
+class Decoder(nn.Module):
+    def __init__(self, config: ModelConfig, embedding: nn.Embedding):
+        super().__init__()
+        self.embedding = embedding
+        self.dropout = nn.Dropout(config.dropout)
+        hidden = config.hidden_size
+        self.attention = make_attention(config.attention, hidden)
+        feed_size = hidden if self.attention is not None else 0
+        self.rnn = make_rnn(config, config.embedding_size + feed_size, hidden, bidirectional=False)
+        # Attentional vector h~_t = tanh(W_c [c_t; h_t]) (Luong et al. 2015).
+        self.combine = nn.Linear(2 * hidden, hidden, bias=False) if self.attention is not None else None
+        # With tied embeddings the output layer reuses the target embedding
+        # matrix, so the features are first projected down to E.
+        self.tie_embeddings = config.tie_embeddings
+        self.readout = nn.Linear(hidden, config.embedding_size if config.tie_embeddings else config.tgt_vocab_size)
+        self.output_bias = nn.Parameter(torch.zeros(config.tgt_vocab_size)) if config.tie_embeddings else None
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """features (..., H) -> logits (..., V)."""
+        projected = self.readout(self.dropout(features))
+        if self.tie_embeddings:
+            return F.linear(projected, self.embedding.weight, self.output_bias)
+        return projected
+
+    def forward(
+        self, target_in: torch.Tensor, state: DecoderState, source: EncoderOutput
+    ) -> tuple[torch.Tensor, DecoderState, torch.Tensor | None]:
+        """target_in (B, T) -> logits (B, T, V), the new state, attention weights (B, T, S) or None."""
+        embedded = self.dropout(self.embedding(target_in))  # (B, T, E)
+        if self.attention is None:
+            # No attention, no input feeding: the whole target goes through the fused RNN at once.
+            outputs, rnn_state = self.rnn(embedded, state.rnn)  # (B, T, H)
+            return self.logits(outputs), DecoderState(rnn_state, None), None
+        rnn_state, feed = state.rnn, state.feed
+        features, weights = [], []
+        for t in range(target_in.size(1)):  # unrolled in time: each step reads the last attentional vector
+            step_input = torch.cat([embedded[:, t], feed], dim=-1)[:, None, :]  # (B, 1, E + H)
+            output, rnn_state = self.rnn(step_input, rnn_state)
+            hidden = output[:, 0]  # (B, H)
+            context, step_weights = self.attention(hidden, source)
+            feed = torch.tanh(self.combine(torch.cat([context, hidden], dim=-1)))  # (B, H)
+            features.append(feed)
+            weights.append(step_weights)
+        return self.logits(torch.stack(features, 1)), DecoderState(rnn_state, feed), torch.stack(weights, 1)
+
+
+class Seq2Seq(nn.Module):
+    """Encoder, decoder and the glue between them. Takes and returns tensors only."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        source_embedding = nn.Embedding(config.src_vocab_size, config.embedding_size, padding_idx=config.pad_id)
+        target_embedding = (
+            source_embedding
+            if config.share_embeddings  # one joint vocabulary: one embedding matrix for both languages
+            else nn.Embedding(config.tgt_vocab_size, config.embedding_size, padding_idx=config.pad_id)
+        )
+        # A tuple, not a set: the order of initialisation must not depend on object ids.
+        for embedding in (source_embedding,) if config.share_embeddings else (source_embedding, target_embedding):
+            nn.init.uniform_(embedding.weight, -0.1, 0.1)
+            with torch.no_grad():
+                embedding.weight[config.pad_id].zero_()
+        self.encoder = Encoder(config, source_embedding)
+        self.decoder = Decoder(config, target_embedding)
+
+    def encode(self, source: torch.Tensor, lengths: torch.Tensor) -> tuple[EncoderOutput, DecoderState]:
+        """source (B, S), lengths (B,) -> what the decoder reads, and its initial state."""
+        memory, state = self.encoder(source, lengths)
+        mask = source != self.config.pad_id  # (B, S)
+        attention = self.decoder.attention
+        keys = attention.keys(memory) if attention is not None else None
+        feed = memory.new_zeros(source.size(0), self.config.hidden_size) if attention is not None else None
+        return EncoderOutput(memory, keys, mask), DecoderState(state, feed)
+
+    def forward(
+        self, source: torch.Tensor, lengths: torch.Tensor, target_in: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Teacher forcing: logits (B, T, V) of each next target token, and attention (B, T, S) or None."""
+        encoded, state = self.encode(source, lengths)
+        logits, _, attention = self.decoder(target_in, state, encoded)
+        return logits, attention
+
+    def decode_step(
+        self, previous: torch.Tensor, state: DecoderState, source: EncoderOutput
+    ) -> tuple[torch.Tensor, DecoderState, torch.Tensor | None]:
+        """previous (B,) -> log-probabilities (B, V) of the next token, new state, attention (B, S) or None."""
+        logits, state, attention = self.decoder(previous[:, None], state, source)
+        return torch.log_softmax(logits[:, 0].float(), dim=-1), state, None if attention is None else attention[:, 0]
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def quantize_int8(model: Seq2Seq) -> Seq2Seq:
+    """Turn `model`, in place, into a CPU inference model with int8 weights in its
+    LSTM/GRU/RNN and Linear layers (dynamic quantisation: activations are
+    quantised on the fly, per batch); returns it. The tied output projection
+    and the embeddings stay fp32."""
+    import warnings
+
+    with warnings.catch_warnings():  # torch marks torch.ao.quantization deprecated in favour of torchao
+        warnings.simplefilter("ignore")
+        try:
+            from torch.ao.quantization import quantize_dynamic
+        except ImportError:
+            raise MTError(
+                f"this torch ({torch.__version__}) has no dynamic int8 quantisation; translate without --quantize"
+            ) from None
+        return quantize_dynamic(model.eval(), {nn.LSTM, nn.GRU, nn.RNN, nn.Linear}, dtype=torch.qint8, inplace=True)

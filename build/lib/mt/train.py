@@ -1,0 +1,648 @@
+"""The training loop: teacher forcing, Adam with gradient-norm clipping,
+validation by BLEU, checkpoints that survive interruption.
+
+A run lives in one output directory:
+    best.safetensors   the checkpoint with the highest validation BLEU (the mean over the validation sets)
+    last.safetensors   the latest checkpoint, with the trainer's state for resuming
+    log.jsonl          one JSON record per validation
+
+Re-running the same command on the same directory resumes from `last`: the
+model, the optimizer, the learning rate, the random state and the position
+in the data, so that a resumed CPU run ends with the same weights as an
+uninterrupted one.
+
+An update is `workers * accumulate` consecutive batches of the epoch's
+shuffled list: under torchrun each worker takes `accumulate` of them
+(mt.distributed), and the loss is normalised by the update's target tokens
+over all of them, so N workers compute the same update as one process that
+accumulates N times as many batches. The position in the data counts
+batches, so a run can resume with another number of workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from mt import distributed
+from mt.checkpoint import load_checkpoint, read_info, resolve, save_checkpoint, write_atomic
+from mt.config import DecodeConfig, ModelConfig, MTError, TrainConfig
+from mt.data import TokenizedCorpus, collate, make_batches
+from mt.evaluate import score
+from mt.model import Seq2Seq
+from mt.tokenizer import TokenizerPair
+from mt.translator import Translator
+
+
+@dataclass
+class TrainerState:
+    """Everything besides weights and optimizer moments that a resumed run needs."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # index of the next batch of `epoch` (in batches, not updates)
+    learning_rate: float = 0.0
+    best_bleu: float = -1.0
+    validations_without_gain: int = 0
+    validations_since_decay: int = 0
+    skipped_steps: int = 0
+    elapsed_seconds: float = 0.0  # wall time of the run so far, validation included
+    train_seconds: float = 0.0  # time spent in training steps
+    train_tokens: int = 0  # source + target tokens trained on, by all workers
+    clipped_steps: int = 0  # updates whose gradient norm exceeded clip_norm (exploding gradients)
+    gradient_norm_sum: float = 0.0  # since the last validation, for its mean
+    gradient_norm_count: int = 0
+    finished: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    best: Path
+    last: Path
+    best_bleu: float
+    state: TrainerState
+
+
+def provenance(
+    source_language: str,
+    target_language: str,
+    train_corpora: list[dict[str, Any]],
+    valid_corpora: list[str],
+    seed: int,
+    workers: int,
+    init_from: Path | None = None,
+    parent: Any = None,
+) -> dict[str, Any]:
+    """How a model was made, stored in each of its checkpoints: languages, corpora
+    (spec, upsampling factor, fingerprint), the parent of a fine-tuned model, the
+    command line and the versions of what trained it."""
+    import platform
+    import sys
+
+    import sacrebleu
+    import sentencepiece
+
+    from mt import __version__
+
+    parent_record = None
+    if init_from is not None:
+        path = resolve(init_from)
+        with open(path, "rb") as handle:
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        keys = ("source_language", "target_language", "train_corpora", "step", "command")
+        parent_record = {
+            "path": str(path),
+            "sha256": digest,
+            **{key: parent.info[key] for key in keys if key in parent.info},
+        }
+    return {
+        "source_language": source_language,
+        "target_language": target_language,
+        "train_corpora": train_corpora,
+        "valid_corpora": valid_corpora,
+        "init_from": parent_record,
+        "seed": seed,
+        "workers": workers,
+        "command": " ".join(["mt", *sys.argv[1:]]) if Path(sys.argv[0]).name in ("mt", "__main__.py") else None,
+        "versions": {
+            "mt": __version__,
+            "torch": torch.__version__,
+            "sentencepiece": sentencepiece.__version__,
+            "sacrebleu": sacrebleu.__version__,
+            "python": platform.python_version(),
+        },
+    }
+
+
+def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float, pad_id: int) -> torch.Tensor:
+    """logits (B, T, V), target (B, T) -> mean cross-entropy over real target tokens."""
+    return F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)).float(), target.reshape(-1), ignore_index=pad_id, label_smoothing=smoothing
+    )
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """Adam's moments as named tensors (for safetensors) and its param groups as JSON-able dicts."""
+    state = optimizer.state_dict()
+    tensors = {
+        f"trainer.optimizer.{index}.{name}": value
+        for index, slots in state["state"].items()
+        for name, value in slots.items()
+    }
+    return tensors, state["param_groups"]
+
+
+def _load_optimizer(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[dict[str, Any]]
+) -> None:
+    slots: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("trainer.optimizer."):
+            index, name = key.removeprefix("trainer.optimizer.").split(".", 1)
+            slots.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": slots, "param_groups": groups})
+
+
+# TrainConfig fields a resumed run may change: the budget, the schedule of validations and
+# checkpoints, and how the update is computed (workers x accumulate batches, bf16).
+RESUMABLE_CHANGES = {
+    "max_epochs", "max_steps", "max_minutes", "patience", "validate_every", "validation_beam",
+    "keep_checkpoints", "accumulate", "bf16",
+}  # fmt: skip
+
+
+class RunDirectory:
+    """A training run's directory and the rules for reusing it.
+
+    The run owns `best.safetensors`, `last.safetensors`, `step-*.safetensors`,
+    `log.jsonl` and `lock`: --overwrite deletes only those, and only after
+    every input was read. One process at a time: `lock()` holds an exclusive
+    flock on RUN/lock, which the kernel releases when the process ends, so a
+    killed run leaves no stale lock.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.last = self.path / "last.safetensors"
+
+    def check(self, overwrite: bool) -> bool:
+        """Whether to resume (reads only the header of `last`); refuses a file as the
+        directory, a finished run and a `last` without trainer state."""
+        if self.path.exists() and not self.path.is_dir():
+            raise MTError(f"--output {self.path} is a file; the run needs a directory")
+        if overwrite or not self.last.exists():
+            return False
+        state = read_info(self.last).get("trainer_state")
+        if not isinstance(state, dict):
+            raise MTError(
+                f"{self.last} holds no trainer state (a copy of a best or averaged checkpoint?); "
+                "pass --overwrite to start afresh, or move it away"
+            )
+        if state.get("finished"):
+            raise MTError(
+                f"{self.path} holds a finished run; pass --overwrite to train again, or choose another --output"
+            )
+        return True
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the run's lock; another process holding it is an error. Removes the
+        temporary files of writes that a killed process left behind."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / "lock", "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                owner = handle.read().strip() or "?"
+                raise MTError(
+                    f"another mt train (process {owner}) is using {self.path}; wait for it, or choose another --output"
+                ) from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+            for leftover in self.path.glob(".*.safetensors.*.tmp"):
+                leftover.unlink(missing_ok=True)
+            yield
+
+    def clear(self) -> None:
+        """Delete the run's own files (--overwrite), nothing else."""
+        for path in [
+            self.path / "best.safetensors",
+            self.last,
+            self.path / "log.jsonl",
+            *self.path.glob("step-*.safetensors"),
+        ]:
+            path.unlink(missing_ok=True)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped on Ctrl-C or SIGTERM after saving `last` (a bare KeyboardInterrupt
+    is a second Ctrl-C, or one before the training loop: nothing was saved)."""
+
+
+class _StopOnSignal:
+    """Turns Ctrl-C (SIGINT) and SIGTERM (how schedulers and torchrun ask a
+    process to end) into `trainer.stop_requested`: the trainer finishes its
+    step, saves `last` and stops. A second Ctrl-C stops a single process at
+    once; under torchrun, which passes each Ctrl-C on to the workers a second
+    time, every signal asks for the orderly stop (the launcher kills a worker
+    that takes too long)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
+
+    def _handle(self, signum, frame) -> None:
+        if self.trainer.stop_requested and signum == signal.SIGINT and self.trainer.workers.world_size == 1:
+            raise KeyboardInterrupt
+        self.trainer.stop_requested = True
+
+    def __exit__(self, *exc) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+
+
+class Reporter:
+    """What the trainer tells the outside world as it goes. This base class tells
+    nothing; the CLI's reporter draws a progress bar and prints validations."""
+
+    def started(self, total_steps: int, state: TrainerState, deadline: float | None) -> None:
+        """Training starts (or resumes at `state.step`); `deadline`: time.monotonic() when the time budget ends."""
+
+    def updated(self, state: TrainerState, loss_average: float) -> None:
+        """An update was made (`state.step` counts it); `loss_average`: a running mean of the loss."""
+
+    def validated(self, record: dict[str, Any]) -> None:
+        """A validation finished; `record` is what log.jsonl gets."""
+
+
+class Trainer:
+    """Trains one model on one (possibly mixed) corpus and keeps its run directory.
+
+    `model` is the Seq2Seq module; `network` is what the training steps call:
+    the module itself, or its DistributedDataParallel wrapper under torchrun.
+    `info` is the run's provenance, stored in every checkpoint.
+    """
+
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        train_config: TrainConfig,
+        tokenizers: TokenizerPair,
+        corpus: TokenizedCorpus,
+        validation: Mapping[str, tuple[Sequence[str], Sequence[str]]],
+        output: Path,
+        device: torch.device,
+        info: dict[str, Any],
+    ):
+        self.model_config = model_config
+        self.config = train_config
+        self.tokenizers = tokenizers
+        self.corpus = corpus
+        self.validation = dict(validation)  # set name -> (sources, references)
+        if not self.validation:
+            raise MTError("training needs at least one validation set")
+        self.output = Path(output)
+        self.device = device
+        self.info = info
+        self.reporter = Reporter()
+        self.workers = distributed.current()
+
+        torch.manual_seed(train_config.seed)
+        self.model = Seq2Seq(model_config).to(device)
+        # The module the training steps run: DDP averages the workers' gradients in backward.
+        self.network = self.model
+        if self.workers.world_size > 1:
+            device_ids = [device.index] if device.type == "cuda" else None
+            self.network = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=train_config.learning_rate)
+        self.state = TrainerState(learning_rate=train_config.learning_rate)
+        self._seed_worker()
+        self.translator = Translator(self.model, tokenizers, device)
+        self.validation_decode = DecodeConfig(beam_size=train_config.validation_beam)
+        self.stop_requested = False  # set by Ctrl-C or SIGTERM: save `last` and stop after this step
+
+    @property
+    def last_path(self) -> Path:
+        return RunDirectory(self.output).last
+
+    @property
+    def best_path(self) -> Path:
+        return self.output / "best.safetensors"
+
+    # -- checkpoints -------------------------------------------------------
+
+    def _info(self) -> dict[str, Any]:
+        return {
+            **self.info,
+            "train_config": self.config.to_dict(),
+            "step": self.state.step,
+            "epoch": self.state.epoch,
+            "best_validation_bleu": self.state.best_bleu,
+        }
+
+    def _seed_worker(self) -> None:
+        """Give each worker but the first its own random stream (dropout masks);
+        the first keeps the stream a single-process run would have."""
+        if self.workers.rank:
+            torch.manual_seed(hash((self.config.seed, self.workers.rank, self.state.step)))
+
+    def save_last(self) -> None:
+        """Write `last` (the first worker only: the replicas are identical)."""
+        if not self.workers.is_main:
+            return
+        optimizer_tensors, groups = _optimizer_tensors(self.optimizer)
+        extra = {**optimizer_tensors, "trainer.rng.cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            extra["trainer.rng.cuda"] = torch.cuda.get_rng_state()
+        info = {**self._info(), "trainer_state": self.state.__dict__, "optimizer_groups": groups}
+        save_checkpoint(self.last_path, self.model, self.tokenizers, info, extra)
+
+    def resume(self) -> list[str]:
+        """Continue from `last`. Refuses another architecture, tokenizer, training or
+        validation corpora, or recipe; the budget and schedule (`RESUMABLE_CHANGES`) may
+        change. Returns those changes, as "name old -> new"."""
+        checkpoint = load_checkpoint(self.last_path, self.device, with_extra=True)
+        advice = "resume with the options and files it started with, or pass --overwrite to start afresh"
+        if checkpoint.model.config != self.model_config:
+            raise MTError(f"{self.last_path} was trained with another model config; {advice}")
+        mine = (self.tokenizers.source.model_proto, self.tokenizers.target.model_proto)
+        if (checkpoint.tokenizers.source.model_proto, checkpoint.tokenizers.target.model_proto) != mine:
+            raise MTError(f"{self.last_path} was trained with another tokenizer; {advice}")
+        for key, what in (
+            ("train_corpora", "training corpora (or their files changed)"),
+            ("valid_corpora", "validation sets"),
+        ):
+            if key in checkpoint.info and key in self.info and checkpoint.info[key] != self.info[key]:
+                raise MTError(f"{self.last_path} was trained on other {what}; {advice}")
+        recorded, current = checkpoint.info.get("train_config", {}), self.config.to_dict()
+        changed = sorted(key for key in current if key in recorded and recorded[key] != current[key])
+        refused = [key for key in changed if key not in RESUMABLE_CHANGES]
+        if refused:
+            differences = ", ".join(f"{key} {recorded[key]} (now {current[key]})" for key in refused)
+            raise MTError(f"{self.last_path} was trained with {differences}; {advice}")
+        state = TrainerState(**checkpoint.info["trainer_state"])
+        cfg = self.config
+        if state.epoch >= cfg.max_epochs or (cfg.max_steps and state.step >= cfg.max_steps):
+            raise MTError(
+                f"{self.output} has trained {state.epoch} epochs ({state.step} updates) already, so --epochs "
+                f"{cfg.max_epochs}{f' --max-steps {cfg.max_steps}' if cfg.max_steps else ''} leaves nothing to train; give a larger budget"
+            )
+        self.model.load_state_dict(checkpoint.model.state_dict())
+        _load_optimizer(self.optimizer, checkpoint.extra, checkpoint.info["optimizer_groups"])
+        self.state = state
+        torch.set_rng_state(checkpoint.extra["trainer.rng.cpu"])
+        if "trainer.rng.cuda" in checkpoint.extra and torch.cuda.is_available():
+            torch.cuda.set_rng_state(checkpoint.extra["trainer.rng.cuda"])
+        self._seed_worker()
+        if self.workers.is_main:  # validations logged after `last` was saved are done again: log them once
+            write_atomic(self.output / "log.jsonl", "".join(json.dumps(r) + "\n" for r in state.history).encode())
+        return [f"{key} {recorded[key]} -> {current[key]}" for key in changed]
+
+    # -- validation --------------------------------------------------------
+
+    @torch.inference_mode()
+    def validation_loss(self, sources: Sequence[str], references: Sequence[str]) -> float:
+        """Mean cross-entropy per target token (no label smoothing) of one validation set."""
+        self.model.eval()
+        encoded_src = self.tokenizers.source.encode(sources)
+        encoded_tgt = self.tokenizers.target.encode(references)
+        cfg = self.model_config
+        pairs = [(s[: cfg.max_source_length - 1], t) for s, t in zip(encoded_src, encoded_tgt) if s and t]
+        total, tokens = 0.0, 0
+        for batch_indices in make_batches([len(s) + len(t) for s, t in pairs], self.config.batch_tokens):
+            chosen = [pairs[i] for i in batch_indices.tolist()]
+            batch = collate([s for s, _ in chosen], [t for _, t in chosen], cfg.pad_id, cfg.bos_id, cfg.eos_id)
+            count = batch.target_tokens
+            batch = batch.to(self.device)
+            logits, _ = self.model(batch.source, batch.source_lengths, batch.target_in)
+            total += float(label_smoothed_loss(logits, batch.target_out, 0.0, cfg.pad_id)) * count
+            tokens += count
+        self.model.train()
+        return total / max(tokens, 1)
+
+    def validate(self) -> dict[str, Any]:
+        """Validation loss and BLEU of every set, and their means: the mean BLEU
+        selects the best checkpoint and drives the learning-rate decay."""
+        per_set = {}
+        for name, (sources, references) in self.validation.items():
+            hypotheses = self.translator.translate(sources, self.validation_decode)
+            per_set[name] = {
+                "loss": round(self.validation_loss(sources, references), 4),
+                "bleu": score(hypotheses, references)["bleu"],
+            }
+        bleu = round(sum(s["bleu"] for s in per_set.values()) / len(per_set), 2)
+        state = self.state
+        record = {
+            "step": state.step,
+            "epoch": state.epoch,
+            "validation_loss": round(sum(s["loss"] for s in per_set.values()) / len(per_set), 4),
+            "validation_bleu": bleu,
+            "learning_rate": state.learning_rate,
+            "elapsed_seconds": round(state.elapsed_seconds, 1),
+            "tokens_per_second": round(state.train_tokens / max(state.train_seconds, 1e-9)),
+            "mean_gradient_norm": round(state.gradient_norm_sum / max(state.gradient_norm_count, 1), 4),
+            "clipped_steps": state.clipped_steps,
+            "skipped_steps": state.skipped_steps,
+        }
+        if len(per_set) > 1:
+            record["validation_sets"] = per_set
+        if self.config.keep_checkpoints:
+            self._save_numbered()
+        if bleu > state.best_bleu:
+            state.best_bleu = bleu
+            state.validations_without_gain = state.validations_since_decay = 0
+            save_checkpoint(self.best_path, self.model, self.tokenizers, self._info())
+            record["best"] = True
+        else:
+            state.validations_without_gain += 1
+            state.validations_since_decay += 1
+            if state.validations_since_decay > self.config.lr_patience:  # reduce on plateau
+                state.learning_rate *= self.config.lr_decay
+                state.validations_since_decay = 0
+        state.gradient_norm_sum, state.gradient_norm_count = 0.0, 0
+        state.history.append(record)
+        with open(self.output / "log.jsonl", "a") as log:
+            log.write(json.dumps(record) + "\n")
+        return record
+
+    def _save_numbered(self) -> None:
+        """Keep the newest `keep_checkpoints` validation checkpoints (for `mt average`)."""
+        save_checkpoint(
+            self.output / f"step-{self.state.step:07d}.safetensors", self.model, self.tokenizers, self._info()
+        )
+        for old in sorted(self.output.glob("step-*.safetensors"))[: -self.config.keep_checkpoints]:
+            old.unlink()
+
+    # -- the loop ----------------------------------------------------------
+
+    def _set_learning_rate(self) -> None:
+        warmup = self.config.warmup_steps
+        scale = min(1.0, (self.state.step + 1) / warmup) if warmup else 1.0
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.state.learning_rate * scale
+
+    def _exchange_gradients(self, now: bool):
+        """DDP averages the gradients in backward; within an update that happens
+        once, in the last batch's backward (no_sync for the ones before)."""
+        return contextlib.nullcontext() if now or self.network is self.model else self.network.no_sync()
+
+    def train_step(self, batches: Sequence[torch.Tensor]) -> tuple[float, int, float] | None:
+        """One update on this worker's batches (each a tensor of corpus indices),
+        together with the other workers' batches: (mean loss per target token,
+        tokens, gradient norm before clipping) over all of them, or None when
+        the update was skipped as non-finite (all workers agree: they see the
+        same averaged gradient)."""
+        cfg = self.model_config
+        micro_batches = [collate(*self.corpus.ids(indices), cfg.pad_id, cfg.bos_id, cfg.eos_id) for indices in batches]
+        counts = torch.tensor(
+            [[b.target_tokens, b.num_tokens] for b in micro_batches], dtype=torch.float64, device=self.device
+        )
+        target_tokens, tokens = distributed.sum_over_workers(counts.sum(dim=0)).tolist()
+        self._set_learning_rate()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        for number, batch in enumerate(micro_batches):
+            batch = batch.to(self.device)
+            # DDP averages gradients over workers: scale each batch's summed loss so
+            # that the average is the mean over the update's target tokens.
+            weight = batch.target_tokens * self.workers.world_size / target_tokens
+            last = number == len(micro_batches) - 1
+            # The autocast region must close every step: it caches the bf16 copies of the
+            # weights, and a region spanning updates would keep computing with stale ones.
+            with (
+                self._exchange_gradients(last),
+                torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16),
+            ):
+                logits, _ = self.network(batch.source, batch.source_lengths, batch.target_in)
+                batch_loss = (
+                    label_smoothed_loss(logits, batch.target_out, self.config.label_smoothing, cfg.pad_id) * weight
+                )
+            with self._exchange_gradients(last):
+                batch_loss.backward()
+            loss_sum += batch_loss.detach()
+        loss = distributed.sum_over_workers(loss_sum).item() / self.workers.world_size
+        # Gradient-norm clipping: the remedy for exploding gradients (Pascanu et al. 2013).
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm).item()
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        self.optimizer.step()
+        return loss, int(tokens), grad_norm
+
+    def run(self, reporter: Reporter | None = None) -> TrainResult:
+        """Train until the epoch, step or time budget is spent or early stopping
+        says stop; raises `Interrupted` after saving `last` on Ctrl-C or SIGTERM."""
+        self.reporter = reporter or Reporter()
+        self.output.mkdir(parents=True, exist_ok=True)
+        cfg, state = self.config, self.state
+        per_update = self.workers.world_size * cfg.accumulate  # batches
+        batches_per_epoch = len(make_batches(self.corpus.lengths, cfg.batch_tokens))
+        if batches_per_epoch < per_update:
+            workers = f" x {self.workers.world_size} workers" if self.workers.world_size > 1 else ""
+            raise MTError(
+                f"the corpus makes {batches_per_epoch} batches of --batch-tokens {cfg.batch_tokens}, fewer than one update "
+                f"takes (--accumulate {cfg.accumulate}{workers}); lower --batch-tokens or --accumulate"
+            )
+        total_steps = cfg.max_steps or cfg.max_epochs * (batches_per_epoch // per_update)
+        deadline = time.monotonic() + 60 * cfg.max_minutes - state.elapsed_seconds if cfg.max_minutes else None
+        self.reporter.started(total_steps, state, deadline)
+        self.model.train()
+        self._run_start, self._elapsed_before = time.perf_counter(), state.elapsed_seconds
+        self._consecutive_bad, self._loss_average = 0, None
+        stop = False
+        with _StopOnSignal(self):
+            while state.epoch < cfg.max_epochs and not stop:
+                stop = self._train_epoch(per_update)
+        if not state.history or state.history[-1]["step"] != state.step:
+            self._validate_and_report()
+        state.finished = True
+        self.save_last()
+        return TrainResult(self.best_path, self.last_path, state.best_bleu, state)
+
+    def _train_epoch(self, per_update: int) -> bool:
+        """Train on what is left of the current epoch; True when training should stop."""
+        cfg, state = self.config, self.state
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state.epoch)
+        batches = make_batches(self.corpus.lengths, cfg.batch_tokens, generator)
+        stop = False
+        # Batches left over after the last whole update of an epoch wait for the next shuffle.
+        while state.batch_in_epoch + per_update <= len(batches) and not stop:
+            mine = state.batch_in_epoch + self.workers.rank * cfg.accumulate
+            stop = self._update(batches[mine : mine + cfg.accumulate], per_update)
+            stop = self._agree_to_stop() or stop
+        if self.stop_requested:
+            self.save_last()
+            raise Interrupted
+        if state.batch_in_epoch + per_update > len(batches):
+            state.epoch += 1
+            state.batch_in_epoch = 0
+            if not cfg.validate_every:
+                stop = self._validate_and_report() or stop
+        return stop
+
+    def _update(self, batches: Sequence[torch.Tensor], per_update: int) -> bool:
+        """One update and its bookkeeping; True when the validation it triggers says stop."""
+        cfg, state = self.config, self.state
+        started = time.perf_counter()
+        result = self.train_step(batches)
+        state.train_seconds += time.perf_counter() - started
+        state.batch_in_epoch += per_update
+        if result is None:
+            state.skipped_steps += 1
+            self._consecutive_bad += 1
+            if self._consecutive_bad >= cfg.max_bad_steps:
+                raise MTError(
+                    f"training diverged: {self._consecutive_bad} steps in a row had a non-finite loss or "
+                    "gradient; lower --lr or --clip-norm"
+                )
+            return False
+        self._consecutive_bad = 0
+        loss, tokens, grad_norm = result
+        state.step += 1
+        state.elapsed_seconds = self._elapsed_before + time.perf_counter() - self._run_start
+        state.gradient_norm_sum += grad_norm
+        state.gradient_norm_count += 1
+        state.clipped_steps += grad_norm > cfg.clip_norm
+        state.train_tokens += tokens
+        self._loss_average = loss if self._loss_average is None else 0.98 * self._loss_average + 0.02 * loss
+        self.reporter.updated(state, self._loss_average)
+        return bool(cfg.validate_every and state.step % cfg.validate_every == 0) and self._validate_and_report()
+
+    def _agree_to_stop(self) -> bool:
+        """Whether to stop now: on Ctrl-C or at the end of the step or time budget
+        of any worker (their clocks differ), so that all stop at the same update."""
+        cfg = self.config
+        out_of_budget = bool(cfg.max_steps and self.state.step >= cfg.max_steps) or bool(
+            cfg.max_minutes and self.state.elapsed_seconds >= 60 * cfg.max_minutes
+        )
+        flags = torch.tensor([self.stop_requested, out_of_budget], dtype=torch.int32, device=self.device)
+        interrupted, out_of_budget = distributed.sum_over_workers(flags).tolist()
+        self.stop_requested = bool(interrupted)
+        return bool(interrupted or out_of_budget)
+
+    def _validate_and_report(self) -> bool:
+        """Validate on the first worker (save `last`, report) and share its verdict
+        with the others; True when early stopping says stop."""
+        if self.workers.is_main:
+            record = self.validate()
+            self.save_last()
+            self.reporter.validated(record)
+        # Best BLEU, learning rate, patience and history, as the first worker has them.
+        vars(self.state).update(distributed.from_main(vars(self.state)))
+        patience = self.config.patience
+        return bool(patience) and self.state.validations_without_gain >= patience
+
+
+def validation_line(record: dict[str, Any]) -> str:
+    """One line of text for a validation record."""
+    mark = " (best)" if record.get("best") else ""
+    sets = record.get("validation_sets", {})
+    per_set = " (" + ", ".join(f"{name} {s['bleu']:.2f}" for name, s in sets.items()) + ")" if sets else ""
+    return (
+        f"step {record['step']}  epoch {record['epoch']}  valid loss {record['validation_loss']:.3f}  "
+        f"valid BLEU {record['validation_bleu']:.2f}{per_set}{mark}  lr {record['learning_rate']:.2e}"
+    )
