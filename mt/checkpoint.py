@@ -59,9 +59,13 @@ def resolve(path: Path) -> Path:
     """The checkpoint file a user-given path names."""
     path = Path(path)
     if path.is_dir():
+        if not (path / FILENAME).exists() and (path / "best.safetensors").exists():
+            raise MTError(f"{path} is a training run, not a model; use {path / 'best.safetensors'} (or average its checkpoints)")
         path = path / FILENAME
     if not path.exists():
         raise MTError(f"checkpoint not found: {path}")
+    if not path.is_file():
+        raise MTError(f"{path} is not a regular file (a FIFO or device?); give a checkpoint file")
     return path
 
 

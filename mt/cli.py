@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import os
 import re
 import sys
 import time
@@ -51,6 +52,9 @@ def user_errors(command):
         except MTError as error:
             typer.echo(f"error: {error}", err=True)
             raise typer.Exit(1) from None
+        except BrokenPipeError:  # the reader went away (`| head -1`): a normal end, not an error
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+            raise typer.Exit(0) from None
         except OSError as error:  # a path the user gave cannot be written or read
             where = f"{error.filename}: " if error.filename else ""
             typer.echo(f"error: {where}{error.strerror or error}", err=True)
@@ -467,10 +471,21 @@ def _decode_config(beam: int, length_penalty: float):
     return DecodeConfig(beam_size=beam, length_penalty=length_penalty)
 
 
-def _check_output_file(path: Path | None) -> None:
-    """Fail before any work when an output file cannot be written."""
-    if path is not None and path.is_dir():
-        raise MTError(f"--output {path} is a directory; give a file name")
+def _output_file(path: Path | None, inputs: dict[str, Path]) -> Path | None:
+    """Where to write an output file, checked before any work: a regular file (or a
+    new one) that is none of the inputs. A symbolic link is written through (the file
+    it points to is replaced, the link stays); `-`, a directory, a device or a FIFO is refused."""
+    if path is None:
+        return None
+    if str(path) == "-":
+        raise MTError("--output -: give a file name (standard output carries the scores)")
+    target = path.resolve()
+    if target.exists() and not target.is_file():
+        raise MTError(f"--output {path} is not a regular file (a directory, device or FIFO); give a file name")
+    for option, input_path in inputs.items():
+        if input_path.exists() and target == input_path.resolve():
+            raise MTError(f"--output {path} is the {option} file; writing it would destroy the input")
+    return target
 
 
 @app.command("evaluate")
@@ -495,7 +510,7 @@ def evaluate_cli(
     from mt.evaluate import score
 
     decode = _decode_config(beam, length_penalty)
-    _check_output_file(output)
+    output = _output_file(output, {"--src": src, "--ref": ref})
     sources, references = read_lines(src), read_lines(ref)
     if len(sources) != len(references):
         raise MTError(f"{src} has {len(sources)} lines but {ref} has {len(references)}")
@@ -589,6 +604,10 @@ def translate_cli(
     decode = _decode_config(beam, length_penalty)
     if not 1 <= n_best <= beam:
         raise MTError(f"--n-best must be between 1 and --beam ({beam}), got {n_best}")
+    if text == ["-"]:  # the usual name of standard input
+        text = None
+    if not text and sys.stdin is None:
+        raise MTError("standard input is closed; give the sentences as arguments or through a pipe")
     translator = _load_translator(model, device, quantize)
     if text:
         for translation in translator.translate(text, decode, split):
@@ -618,7 +637,9 @@ def _interactive(translator, decode, n_best: int, show_attention: bool, split: b
     )
     try:
         while True:
-            line = input("> ")
+            sys.stderr.write("> ")  # the prompt goes to the terminal, not into `mt translate > file`
+            sys.stderr.flush()
+            line = input()
             if not line.strip():
                 continue
             candidates = translator.translate_n_best([line], decode, n_best, split)[0]
@@ -628,8 +649,11 @@ def _interactive(translator, decode, n_best: int, show_attention: bool, split: b
                     typer.echo(f"  {rank}. ({candidate.score:.3f}) {_one_line(candidate.text)}")
             if show_attention:
                 _show_alignment(translator, line, candidates[0].text)
-    except (EOFError, KeyboardInterrupt):
+    except EOFError:  # Ctrl-D: the way to quit
         typer.echo("", err=True)
+    except KeyboardInterrupt:  # Ctrl-C: interrupted, as shells report it
+        typer.echo("", err=True)
+        raise typer.Exit(130) from None
     finally:
         try:
             readline.write_history_file(history)
@@ -716,8 +740,12 @@ def inspect_cli(
     flows = {}
     for label, checkpoint in checkpoints:
         config, info = checkpoint.model.config, checkpoint.info
-        sources = read_lines(src or Path(f"data/multi30k/val.{info.get('source_language', 'de')}.gz"))[:sentences]
-        references = read_lines(ref or Path(f"data/multi30k/val.{info.get('target_language', 'en')}.gz"))[:sentences]
+        source_path = src or Path(f"data/multi30k/val.{info.get('source_language', 'de')}.gz")
+        reference_path = ref or Path(f"data/multi30k/val.{info.get('target_language', 'en')}.gz")
+        sources, references = read_lines(source_path), read_lines(reference_path)
+        if len(sources) != len(references):
+            raise MTError(f"{source_path} has {len(sources)} lines but {reference_path} has {len(references)}")
+        sources, references = sources[:sentences], references[:sentences]
         found = inspect_model(checkpoint.model, checkpoint.tokenizers, sources, references, distance, sentence)
         flow = flows[f"{label} ({config.cell})"] = found.flow
         typer.echo(
@@ -880,8 +908,19 @@ def version_cli():
 
 
 def main() -> None:
+    """The console script: click's own usage errors (an unknown option, `--beam abc`, an
+    unreadable path) become the same one `error:` line as every other mistake."""
+    if sys.stdout is None or sys.stderr is None:  # started with stdout or stderr closed (`>&-`)
+        sys.exit(1)
     try:
-        app()
-    except KeyboardInterrupt:  # Ctrl-C while loading, before a command could handle it
+        code = app(standalone_mode=False)
+    except (KeyboardInterrupt, typer.Abort):  # Ctrl-C while loading, before a command could handle it
         typer.echo("", err=True)
         sys.exit(130)
+    except typer.TyperException as error:  # click's exceptions (typer's copy of click)
+        if type(error).__name__ == "NoArgsIsHelpError":  # `mt` alone: the help
+            error.show()
+        else:
+            typer.echo(f"error: {error.format_message()}", err=True)
+        sys.exit(error.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -19,7 +19,7 @@ import torch
 
 from mt.cells import Trace
 from mt.config import ModelConfig, MTError, TrainConfig
-from mt.data import Batch, TokenizedCorpus, collate
+from mt.data import Batch, TokenizedCorpus, collate, iter_lines
 from mt.model import Seq2Seq
 from mt.tokenizer import TokenizerPair
 
@@ -185,7 +185,7 @@ def plot_gradient_flow(flows: dict[str, GradientFlow], path: Path) -> None:
 def read_log(path: Path) -> list[dict]:
     """The validation records of a run's log.jsonl (one JSON object per line)."""
     records = []
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+    for number, line in enumerate(iter_lines(Path(path)), start=1):  # one-line errors for unreadable, non-UTF-8 files
         if not line.strip():
             continue
         try:

@@ -1,0 +1,217 @@
+"""Mistakes a user makes at the command line, from an adversarial probe: each ends
+with one `error:` line (or, for a closed pipe, quietly), never a traceback, and
+never destroys a file. (The run-directory items are in test_runs.py.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+from safetensors.torch import save
+from typer.testing import CliRunner
+
+from mt.checkpoint import save_checkpoint
+from mt.cli import app
+from mt.config import ModelConfig
+from mt.model import Seq2Seq
+
+MT = [sys.executable, "-m", "mt"]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def invoke(*args, input=None):
+    return CliRunner().invoke(app, [str(a) for a in args], input=input)
+
+
+def run(*args, **options) -> subprocess.CompletedProcess:
+    return subprocess.run([*MT, *map(str, args)], env=ENV, capture_output=True, text=True, timeout=180, **options)
+
+
+def assert_one_line_error(stderr: str, exit_code: int, *fragments: str) -> None:
+    assert exit_code != 0
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory, tokenizers) -> Path:
+    config = ModelConfig(tokenizers.source.vocab_size, tokenizers.target.vocab_size, embedding_size=8, hidden_size=8, num_layers=1)
+    path = tmp_path_factory.mktemp("model") / "model.safetensors"
+    save_checkpoint(path, Seq2Seq(config), tokenizers, {"source_language": "de", "target_language": "en"})
+    return path
+
+
+@pytest.fixture
+def texts(tmp_path, corpus_pairs) -> tuple[Path, Path]:
+    src, ref = tmp_path / "src.de", tmp_path / "ref.en"
+    src.write_text("".join(de + "\n" for de, _ in corpus_pairs[:5]))
+    ref.write_text("".join(en + "\n" for _, en in corpus_pairs[:5]))
+    return src, ref
+
+
+# -- outputs ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_evaluate_refuses_to_write_its_output_over_an_input(model, texts, which):
+    before = texts[which].read_bytes()
+    result = invoke("evaluate", "--model", model, "--src", texts[0], "--ref", texts[1], "--output", texts[which], "--device", "cpu")
+    assert_one_line_error(result.stderr, result.exit_code, "destroy the input")
+    assert texts[which].read_bytes() == before
+
+
+def test_evaluate_refuses_a_device_a_fifo_and_dash_as_output_and_writes_through_a_symlink(model, texts, tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for output in ("/dev/null", fifo, "-"):
+        result = invoke("evaluate", "--model", model, "--src", texts[0], "--ref", texts[1], "--output", output, "--device", "cpu")
+        assert_one_line_error(result.stderr, result.exit_code, "--output")
+    assert Path("/dev/null").is_char_device() and fifo.is_fifo() and not Path("-").exists()
+    target, link = tmp_path / "translations.txt", tmp_path / "link.txt"
+    target.write_text("old\n")
+    link.symlink_to(target)
+    result = invoke("evaluate", "--model", model, "--src", texts[0], "--ref", texts[1], "--output", link, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert link.is_symlink() and len(target.read_text().splitlines()) == 5
+
+
+# -- options out of range ------------------------------------------------------------------
+
+
+def test_a_beam_wider_than_the_bound_is_refused_and_the_bound_is_in_the_message(model):
+    result = invoke("translate", "--model", model, "--beam", "100000", "Ein Hund.")
+    assert_one_line_error(result.stderr, result.exit_code, "beam_size", "<= 100")
+
+
+@pytest.mark.parametrize(
+    "option",
+    ["--lr", "--dropout", "--label-smoothing", "--lr-decay", "--max-minutes"],
+)
+def test_nan_is_refused_for_every_training_number(tmp_path, tokenizers, option):
+    tokenizers.save(tmp_path / "tokenizer")
+    result = invoke("train", "--output", tmp_path / "run", "--tokenizer", tmp_path / "tokenizer", option, "nan")
+    assert_one_line_error(result.stderr, result.exit_code, "finite")
+    assert not (tmp_path / "run").exists()
+
+
+def test_nan_length_penalty_is_refused(model):
+    result = invoke("translate", "--model", model, "--length-penalty", "nan", "Ein Hund.")
+    assert_one_line_error(result.stderr, result.exit_code, "finite")
+
+
+# -- tampered checkpoints --------------------------------------------------------------
+
+
+def tampered(model: Path, tmp_path: Path, **changes) -> Path:
+    """`model` with its header's config (or info) changed."""
+    with safe_open(str(model), framework="pt") as handle:
+        metadata = dict(handle.metadata())
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    config = json.loads(metadata["model_config"])
+    info = changes.pop("info", None)
+    config.update(changes)
+    metadata["model_config"] = json.dumps(config)
+    if info is not None:
+        metadata["info"] = info
+    path = tmp_path / "tampered.safetensors"
+    path.write_bytes(save(tensors, metadata=metadata))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("changes", "fragment"),
+    [
+        ({"hidden_size": 8.0}, "hidden_size must be of type int"),
+        ({"pad_id": 99999}, "pad_id"),
+        ({"eos_id": 99999}, "eos_id"),
+        ({"info": "[1, 2]"}, "not a JSON object"),
+        ({"hidden_size": 10_000_000}, "hidden_size"),
+        ({"num_layers": 1_000_000_000}, "num_layers"),
+        ({"hidden_size": 4096}, "does not fit its model config"),  # in range, but not what the weights are
+    ],
+)
+def test_tampered_checkpoint_metadata_is_a_one_line_error_before_any_allocation(model, tmp_path, changes, fragment):
+    path = tampered(model, tmp_path, **changes)
+    result = invoke("translate", "--model", path, "Ein Hund.")
+    assert_one_line_error(result.stderr, result.exit_code, fragment)
+
+
+def test_a_fifo_as_model_is_refused_without_waiting(tmp_path):
+    fifo = tmp_path / "model.safetensors"
+    os.mkfifo(fifo)
+    process = run("translate", "--model", fifo, "Ein Hund.")
+    assert_one_line_error(process.stderr, process.returncode, "not a regular file")
+
+
+def test_a_run_directory_as_model_points_to_its_best_checkpoint(model, tmp_path):
+    (tmp_path / "best.safetensors").write_bytes(model.read_bytes())
+    result = invoke("translate", "--model", tmp_path, "Ein Hund.")
+    assert_one_line_error(result.stderr, result.exit_code, "best.safetensors")
+
+
+# -- standard streams ------------------------------------------------------------------
+
+
+def test_closed_stdin_and_stdout_give_no_traceback(model):
+    closed_stdin = subprocess.run(
+        [*MT, "translate", "--model", str(model)], env=ENV, capture_output=False, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, stdout=subprocess.PIPE, timeout=180
+    )
+    assert b"Traceback" not in closed_stdin.stderr
+    for redirect in ("<&-", ">&-"):
+        shell = subprocess.run(f"{' '.join(MT)} translate --model {model} {redirect}", shell=True, env=ENV, capture_output=True, text=True, timeout=180)
+        assert "Traceback" not in shell.stderr, shell.stderr
+        assert shell.returncode != 0 or redirect == "<&-"
+
+
+def test_translate_closed_stdin_is_a_one_line_error(model):
+    shell = subprocess.run(f"{' '.join(MT)} translate --model {model} <&-", shell=True, env=ENV, capture_output=True, text=True, timeout=180)
+    assert_one_line_error(shell.stderr, shell.returncode, "standard input is closed")
+
+
+def test_a_closed_pipe_downstream_is_a_quiet_normal_end(model):
+    lines = "".join("Der Hund ist rot .\n" for _ in range(3000))
+    shell = subprocess.run(f"{' '.join(MT)} translate --model {model} --beam 1 | head -1", shell=True, input=lines, env=ENV, capture_output=True, text=True, timeout=300)
+    assert shell.stderr == "" and len(shell.stdout.splitlines()) == 1
+
+
+def test_dash_means_standard_input(model):
+    dash = run("translate", "--model", model, "--beam", "1", "-", input="Der Hund ist rot .\n")
+    piped = run("translate", "--model", model, "--beam", "1", input="Der Hund ist rot .\n")
+    assert dash.returncode == 0 and dash.stdout == piped.stdout and dash.stdout.count("\n") == 1
+
+
+# -- click's own errors ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("arguments", "fragment"),
+    [
+        (["translate", "--beam", "abc"], "--beam"),
+        (["translate", "--no-such-option"], "--no-such-option"),
+        (["evaluate", "--src", "/nonexistent/x", "--ref", "/nonexistent/y"], ""),
+    ],
+)
+def test_click_usage_errors_are_one_error_line(arguments, fragment):
+    process = run(*arguments)
+    assert_one_line_error(process.stderr, process.returncode, fragment)
+
+
+def test_inspect_log_that_is_not_utf8_is_a_one_line_error(model, tmp_path):
+    log = tmp_path / "log.jsonl"
+    log.write_bytes(b'\xff\xfe{"step": 1}\n')
+    result = invoke("inspect", "--model", model, "--log", log, "--output", tmp_path / "inspect")
+    assert_one_line_error(result.stderr, result.exit_code, "not valid UTF-8")
+
+
+def test_inspect_sources_and_references_of_different_lengths_are_refused(model, texts, tmp_path):
+    short = tmp_path / "short.en"
+    short.write_text("The dog .\n")
+    result = invoke("inspect", "--model", model, "--src", texts[0], "--ref", short, "--output", tmp_path / "inspect")
+    assert_one_line_error(result.stderr, result.exit_code, "5 lines", "1")
