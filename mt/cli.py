@@ -24,7 +24,7 @@ from rich.progress import ProgressColumn
 from rich.text import Text
 
 from mt import __version__
-from mt.config import AttentionKind, Cell, CellImpl, MTError, SubwordModel
+from mt.config import MAX_BEAM, AttentionKind, Cell, CellImpl, MTError, SubwordModel
 
 app = typer.Typer(
     name="mt",
@@ -80,8 +80,13 @@ def default_model() -> Path:
 
 
 ModelOption = Annotated[
-    Path | None,
-    typer.Option("--model", "-m", help="Checkpoint file or directory. [default: the shipped checkpoints/de-en]"),
+    list[Path] | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Checkpoint file or directory; repeat for an ensemble of models that share one tokenizer. "
+        "[default: the shipped checkpoints/de-en]",
+    ),
 ]
 BeamOption = Annotated[int, typer.Option("--beam", "-b", help="Beam size; 1 is greedy search.")]
 QuantizeOption = Annotated[
@@ -457,18 +462,18 @@ def _progress_reporter(console):
     )
 
 
-def _load_translator(model: Path | None, device: Device, quantize: bool):
+def _load_translator(model: list[Path] | None, device: Device, quantize: bool):
     from mt.translator import Translator
 
-    return Translator.from_checkpoint(model or default_model(), resolve_device(device), quantize)
+    return Translator.from_checkpoints(model or [default_model()], resolve_device(device), quantize)
 
 
-def _decode_config(beam: int, length_penalty: float):
+def _decode_config(beam: int, length_penalty: float, **sampling):
     from mt.config import DecodeConfig
 
     if beam < 1:
         raise MTError(f"--beam must be >= 1, got {beam}")
-    return DecodeConfig(beam_size=beam, length_penalty=length_penalty)
+    return DecodeConfig(beam_size=beam, length_penalty=length_penalty, **sampling)
 
 
 def _output_file(path: Path | None, inputs: dict[str, Path]) -> Path | None:
@@ -525,7 +530,7 @@ def evaluate_cli(
         typer.echo(
             json.dumps(
                 {
-                    "model": str(model or default_model()),
+                    "model": [str(path) for path in model or [default_model()]],
                     "beam": beam,
                     "length_penalty": length_penalty,
                     "quantize": quantize,
@@ -579,7 +584,14 @@ def translate_cli(
     model: ModelOption = None,
     beam: BeamOption = 5,
     length_penalty: LengthPenaltyOption = 1.0,
-    n_best: Annotated[int, typer.Option(help="Show the N best translations with their scores (interactive).")] = 1,
+    n_best: Annotated[
+        int, typer.Option(help="Show the N best translations (or N samples) with their scores (interactive).")
+    ] = 1,
+    sampling: Annotated[bool, typer.Option(help="Sample translations instead of searching for the best.")] = False,
+    temperature: Annotated[float, typer.Option(help="Sampling: < 1 sharpens the distribution, > 1 flattens it.")] = 1.0,
+    top_k: Annotated[int, typer.Option(help="Sampling: only from the K most likely tokens (0: all).")] = 0,
+    top_p: Annotated[float, typer.Option(help="Sampling: only from the most likely tokens that make up P.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Sampling: the same seed and input give the same samples.")] = 1,
     show_attention: Annotated[
         bool, typer.Option(help="Show the source-target attention (interactive, attention models).")
     ] = False,
@@ -600,10 +612,14 @@ def translate_cli(
       mt translate "Ein Hund läuft über die Wiese."
       mt translate < sentences.de > sentences.en
       mt translate              (interactive; Ctrl-D to quit)
+      mt translate -m runs/a/best.safetensors -m runs/b/best.safetensors < in.de   (an ensemble)
+      mt translate --sampling --top-p 0.9 --n-best 3      (three samples per sentence)
     """
-    decode = _decode_config(beam, length_penalty)
-    if not 1 <= n_best <= beam:
-        raise MTError(f"--n-best must be between 1 and --beam ({beam}), got {n_best}")
+    options = dict(sampling=sampling, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    decode = _decode_config(beam, length_penalty, **options)
+    most = MAX_BEAM if sampling else beam
+    if not 1 <= n_best <= most:
+        raise MTError(f"--n-best must be between 1 and {'100' if sampling else f'--beam ({beam})'}, got {n_best}")
     if text == ["-"]:  # the usual name of standard input
         text = None
     if not text and sys.stdin is None:

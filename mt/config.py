@@ -199,7 +199,7 @@ class TrainConfig(_JSONConfig):
 
 @dataclass(frozen=True)
 class DecodeConfig(_JSONConfig):
-    """How to search: beam size, length penalty and the output length limit.
+    """How to search: beam size (or sampling), length penalty and the output length limit.
 
     The output may be at most `max_length_ratio * source_length +
     max_length_offset` tokens long.
@@ -209,10 +209,18 @@ class DecodeConfig(_JSONConfig):
     length_penalty: float = 1.0
     max_length_ratio: float = 1.5
     max_length_offset: int = 10
+    sampling: bool = False  # sample instead of searching; the knobs below shape the distribution
+    temperature: float = 1.0
+    top_k: int = 0  # 0: every token
+    top_p: float = 1.0
+    seed: int = 1
 
     def __post_init__(self) -> None:
         self._check_types()
         _check_range("beam_size", self.beam_size, 1, MAX_BEAM)
+        _check_range("temperature", self.temperature, 0.0, 100.0, low_open=True)
+        _check_range("top_k", self.top_k, 0)
+        _check_range("top_p", self.top_p, 0.0, 1.0, low_open=True)
         _check_range("length_penalty", self.length_penalty, 0.0, 5.0)
         _check_range("max_length_ratio", self.max_length_ratio, 0.0, low_open=True)
         _check_range("max_length_offset", self.max_length_offset, 0)

@@ -288,6 +288,49 @@ class Seq2Seq(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
+@dataclass
+class EnsembleState:
+    """One state (or encoder output) per member; `select` reorders them all alike."""
+
+    members: tuple
+
+    def select(self, index: torch.Tensor) -> EnsembleState:
+        return EnsembleState(tuple(member.select(index) for member in self.members))
+
+
+class Ensemble(nn.Module):
+    """Several models of one vocabulary searched as one: each step's log-probabilities
+    are the mean of the members' (B, V). Offers `encode` and `decode_step` as a
+    Seq2Seq does, so every search strategy works on it unchanged."""
+
+    def __init__(self, members: list[Seq2Seq]):
+        super().__init__()
+        first = members[0].config
+        for member in members[1:]:
+            config = member.config
+            if (config.tgt_vocab_size, config.pad_id, config.bos_id, config.eos_id) != (
+                first.tgt_vocab_size,
+                first.pad_id,
+                first.bos_id,
+                first.eos_id,
+            ):
+                raise MTError("the models of an ensemble must share one target vocabulary")
+        self.members = nn.ModuleList(members)
+        self.config = first
+
+    def encode(self, source: torch.Tensor, lengths: torch.Tensor) -> tuple[EnsembleState, EnsembleState]:
+        encoded, states = zip(*(member.encode(source, lengths) for member in self.members))
+        return EnsembleState(encoded), EnsembleState(states)
+
+    def decode_step(
+        self, previous: torch.Tensor, state: EnsembleState, source: EnsembleState
+    ) -> tuple[torch.Tensor, EnsembleState, None]:
+        """previous (B,) -> mean log-probabilities (B, V), the members' new states, no attention."""
+        steps = [member.decode_step(previous, s, e) for member, s, e in zip(self.members, state.members, source.members)]
+        log_probs = torch.stack([log_probs for log_probs, _, _ in steps]).mean(dim=0)  # (B, V)
+        return log_probs, EnsembleState(tuple(new_state for _, new_state, _ in steps)), None
+
+
 def quantize_int8(model: Seq2Seq) -> Seq2Seq:
     """Turn `model`, in place, into a CPU inference model with int8 weights in its
     LSTM/GRU/RNN and Linear layers (dynamic quantisation: activations are

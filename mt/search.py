@@ -1,7 +1,9 @@
-"""Greedy and beam search over the model's step function.
+"""Greedy search, sampling and beam search over the model's step function.
 
-Both search a whole batch of sentences at once and return, for each
-sentence, its hypotheses best first. Scores are sums of token
+Greedy search and sampling share one step loop (`_token_by_token`) and differ
+in how a token is chosen; beam search keeps K hypotheses per sentence. All
+search a whole batch of sentences at once and return, for each sentence, its
+hypotheses best first. Scores are sums of token
 log-probabilities divided by the GNMT length penalty
 lp(n) = ((5 + n) / 6) ** alpha (Wu et al. 2016), where n counts the
 generated tokens including eos; alpha = 0 ranks by raw log-probability.
@@ -17,6 +19,7 @@ leave the batch):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -40,38 +43,89 @@ def max_output_lengths(lengths: torch.Tensor, config: DecodeConfig) -> list[int]
     return [max(1, int(n * config.max_length_ratio) + config.max_length_offset) for n in lengths.tolist()]
 
 
+def sample_tokens(
+    log_probs: torch.Tensor, temperature: float, top_k: int, top_p: float, generator: torch.Generator
+) -> torch.Tensor:
+    """log_probs (R, V) -> one token per row (R,), drawn from the distribution
+    sharpened or flattened by `temperature`, cut to the `top_k` most likely tokens
+    (0: all) and to the smallest set whose probability reaches `top_p` (nucleus
+    sampling, Holtzman et al. 2020)."""
+    logits = log_probs / temperature  # (R, V)
+    if top_k:
+        kth_best = logits.topk(min(top_k, logits.size(-1)), dim=-1).values[:, -1:]  # (R, 1)
+        logits = logits.masked_fill(logits < kth_best, float("-inf"))
+    if top_p < 1.0:
+        ordered, order = logits.sort(dim=-1, descending=True)  # (R, V)
+        probabilities = torch.softmax(ordered, dim=-1)
+        outside = probabilities.cumsum(dim=-1) - probabilities >= top_p  # mass before this token already reaches p
+        logits = logits.scatter(-1, order, ordered.masked_fill(outside, float("-inf")))
+    return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(1)
+
+
+def _token_by_token(
+    model: Seq2Seq,
+    source: torch.Tensor,
+    lengths: torch.Tensor,
+    config: DecodeConfig,
+    n: int,
+    choose: Callable[[torch.Tensor], torch.Tensor],
+) -> list[list[Hypothesis]]:
+    """The step loop of greedy search and sampling: `n` rows per sentence, each
+    extended by the token `choose` picks from its log-probabilities (R, V) until eos
+    or the length limit. Scores are the model's own log-probabilities of the tokens."""
+    eos, device = model.config.eos_id, source.device
+    encoded, state = model.encode(source, lengths)
+    if n > 1:
+        rows = torch.arange(source.size(0), device=device).repeat_interleave(n)  # (B*n,)
+        encoded, state, lengths = encoded.select(rows), state.select(rows), lengths.index_select(0, rows)
+    count = lengths.size(0)
+    limits = torch.tensor(max_output_lengths(lengths, config), device=device)  # (R,)
+    previous = torch.full((count,), model.config.bos_id, dtype=torch.long, device=device)
+    finished = torch.zeros(count, dtype=torch.bool, device=device)
+    generated = torch.zeros(count, dtype=torch.long, device=device)  # tokens each row produced, eos included
+    steps, scores = [], torch.zeros(count, device=device)
+    for t in range(int(limits.max())):
+        log_probs, state, _ = model.decode_step(previous, state, encoded)  # (R, V)
+        previous = choose(log_probs)  # (R,)
+        generated += (~finished).long()
+        scores += log_probs.gather(1, previous[:, None]).squeeze(1).masked_fill(finished, 0.0)
+        steps.append(previous.masked_fill(finished, eos))
+        finished |= (previous == eos) | (t + 1 >= limits)
+        if bool(finished.all()):
+            break
+    tokens = torch.stack(steps, dim=1).tolist()  # (R, t)
+    hypotheses = []
+    for row, score, length in zip(tokens, scores.tolist(), generated.tolist()):
+        output = row[:length]
+        if output[-1] == eos:
+            output = output[:-1]
+        hypotheses.append(Hypothesis(output, score / length_penalty(length, config.length_penalty)))
+    return [sorted(hypotheses[i : i + n], key=lambda h: h.score, reverse=True) for i in range(0, count, n)]
+
+
 @torch.inference_mode()
 def greedy_search(
     model: Seq2Seq, source: torch.Tensor, lengths: torch.Tensor, config: DecodeConfig
 ) -> list[list[Hypothesis]]:
     """source (B, S), lengths (B,) -> one hypothesis per sentence: the most likely token at every step."""
-    eos = model.config.eos_id
-    batch = source.size(0)
-    encoded, state = model.encode(source, lengths)
-    limits = torch.tensor(max_output_lengths(lengths, config), device=source.device)  # (B,)
-    previous = torch.full((batch,), model.config.bos_id, dtype=torch.long, device=source.device)
-    finished = torch.zeros(batch, dtype=torch.bool, device=source.device)
-    generated = torch.zeros(
-        batch, dtype=torch.long, device=source.device
-    )  # tokens each sentence produced, eos included
-    steps, scores = [], torch.zeros(batch, device=source.device)
-    for t in range(int(limits.max())):
-        log_probs, state, _ = model.decode_step(previous, state, encoded)  # (B, V)
-        best_log_prob, previous = log_probs.max(dim=-1)  # (B,), (B,)
-        generated += (~finished).long()
-        scores += best_log_prob.masked_fill(finished, 0.0)
-        steps.append(previous.masked_fill(finished, eos))
-        finished |= (previous == eos) | (t + 1 >= limits)
-        if bool(finished.all()):
-            break
-    tokens = torch.stack(steps, dim=1).tolist()  # (B, t)
-    results = []
-    for row, score, length in zip(tokens, scores.tolist(), generated.tolist()):
-        output = row[:length]
-        if output[-1] == eos:
-            output = output[:-1]
-        results.append([Hypothesis(output, score / length_penalty(length, config.length_penalty))])
-    return results
+    return _token_by_token(model, source, lengths, config, 1, lambda log_probs: log_probs.argmax(dim=-1))
+
+
+@torch.inference_mode()
+def sample(
+    model: Seq2Seq, source: torch.Tensor, lengths: torch.Tensor, config: DecodeConfig, n: int = 1
+) -> list[list[Hypothesis]]:
+    """source (B, S), lengths (B,) -> `n` samples per sentence, best first, drawn with
+    `config.temperature`, `top_k` and `top_p`; the same `config.seed` and input give the same samples."""
+    generator = torch.Generator(device=source.device).manual_seed(config.seed)
+    return _token_by_token(
+        model,
+        source,
+        lengths,
+        config,
+        n,
+        lambda log_probs: sample_tokens(log_probs, config.temperature, config.top_k, config.top_p, generator),
+    )
 
 
 @torch.inference_mode()
@@ -152,7 +206,10 @@ def beam_search(
 def search(
     model: Seq2Seq, source: torch.Tensor, lengths: torch.Tensor, config: DecodeConfig, n_best: int = 1
 ) -> list[list[Hypothesis]]:
-    """Greedy search for beam size 1, beam search otherwise."""
+    """Sampling (`n_best` samples) when `config.sampling`; else greedy search for
+    beam size 1 and beam search otherwise. `model` may be an Ensemble."""
+    if config.sampling:
+        return sample(model, source, lengths, config, n_best)
     if config.beam_size == 1:
         return greedy_search(model, source, lengths, config)
     return beam_search(model, source, lengths, config, n_best=n_best)

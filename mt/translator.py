@@ -28,7 +28,7 @@ import torch
 from mt.checkpoint import load_checkpoint
 from mt.config import DecodeConfig, MTError
 from mt.data import make_batches, source_tensors
-from mt.model import Seq2Seq, quantize_int8
+from mt.model import Ensemble, Seq2Seq, quantize_int8
 from mt.search import search
 from mt.tokenizer import TokenizerPair
 
@@ -94,7 +94,7 @@ class Translator:
 
     def __init__(
         self,
-        model: Seq2Seq,
+        model: Seq2Seq | Ensemble,
         tokenizers: TokenizerPair,
         device: torch.device | str = "cpu",
         batch_tokens: int = 6000,
@@ -112,15 +112,31 @@ class Translator:
     @classmethod
     def from_checkpoint(cls, path: Path, device: torch.device | str = "cpu", quantize: bool = False) -> Translator:
         """The translator of a checkpoint file or directory; `quantize`: int8 weights (CPU only)."""
+        return cls.from_checkpoints([path], device, quantize)
+
+    @classmethod
+    def from_checkpoints(
+        cls, paths: Sequence[Path], device: torch.device | str = "cpu", quantize: bool = False
+    ) -> Translator:
+        """One checkpoint's translator, or an ensemble of several that share one tokenizer
+        (each step averages their log-probabilities); the first one's record sets the
+        source language and the length limit."""
         device = torch.device(device)
         if quantize and device.type != "cpu":
             raise MTError(f"--quantize runs on the CPU only; add --device cpu (the model would run on {device.type})")
-        checkpoint = load_checkpoint(path, device)
-        model = quantize_int8(checkpoint.model) if quantize else checkpoint.model
-        info = checkpoint.info
+        checkpoints = [load_checkpoint(path, device) for path in paths]
+        first = checkpoints[0]
+        for path, checkpoint in zip(paths[1:], checkpoints[1:]):
+            if (checkpoint.tokenizers.source.model_proto, checkpoint.tokenizers.target.model_proto) != (
+                first.tokenizers.source.model_proto,
+                first.tokenizers.target.model_proto,
+            ):
+                raise MTError(f"{path} has another tokenizer than {paths[0]}; the models of an ensemble must share one vocabulary")
+        models = [quantize_int8(c.model) if quantize else c.model for c in checkpoints]
+        info = first.info
         return cls(
-            model,
-            checkpoint.tokenizers,
+            models[0] if len(models) == 1 else Ensemble(models),
+            first.tokenizers,
             device,
             source_language=info.get("source_language") or "en",
             max_tokens=(info.get("train_config") or {}).get("max_length"),
@@ -171,7 +187,8 @@ class Translator:
         # oneDNN's RNN kernel builds a primitive per call: for one decoder step at a
         # time torch's own LSTM is faster (warm latency 54 -> 27 ms greedy, same output).
         with _without_onednn():
-            for batch in make_batches(lengths, max(1, self.batch_tokens // decode.beam_size)):
+            rows_per_sentence = n_best if decode.sampling else decode.beam_size
+            for batch in make_batches(lengths, max(1, self.batch_tokens // rows_per_sentence)):
                 indices = [nonempty[j] for j in batch.tolist()]
                 source, source_lengths = source_tensors([encoded[i] for i in indices], pad_id, eos_id)
                 hypotheses = search(self.model, source.to(self.device), source_lengths.to(self.device), decode, n_best)
@@ -210,17 +227,18 @@ class Translator:
         """Source pieces, target pieces and the attention weights (T, S) the
         model gives `translation` when forced to produce it (of the first
         `max_tokens` source pieces); None without attention."""
-        if self.model.decoder.attention is None or not source.strip():
+        model = self.model.members[0] if isinstance(self.model, Ensemble) else self.model  # an ensemble: its first
+        if model.decoder.attention is None or not source.strip():
             return None
-        config = self.model.config
+        config = model.config
         source_ids = self.tokenizers.source.encode([source.strip()])[0][: self.max_tokens]
         target_ids = self.tokenizers.target.encode([translation])[0]
         padded, lengths = source_tensors([source_ids], config.pad_id, config.eos_id)
         target_in = torch.tensor([[config.bos_id, *target_ids]], device=self.device)
-        was_training = self.model.training
-        self.model.eval()
-        _, attention = self.model(padded.to(self.device), lengths.to(self.device), target_in)
-        self.model.train(was_training)
+        was_training = model.training
+        model.eval()
+        _, attention = model(padded.to(self.device), lengths.to(self.device), target_in)
+        model.train(was_training)
         source_pieces = [*self.tokenizers.source.pieces(source.strip())[: len(source_ids)], "</s>"]
         target_pieces = [*self.tokenizers.target.pieces(translation), "</s>"][: target_in.size(1)]
         return source_pieces, target_pieces, attention[0, : len(target_pieces)].cpu()

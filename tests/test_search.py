@@ -229,3 +229,74 @@ def test_beam_wider_than_the_vocabulary_still_returns_k_hypotheses(make_model, m
     )
     assert all(len(hypotheses) == 10 for hypotheses in results)
     assert all(a.score >= b.score for hypotheses in results for a, b in zip(hypotheses, hypotheses[1:]))
+
+
+# -- sampling ------------------------------------------------------------------
+
+
+def test_sampling_near_temperature_zero_equals_greedy(make_model, make_sources):
+    model = scramble(make_model(attention="luong"), seed=3, std=0.5)
+    source, lengths = make_sources(SOURCE_LENGTHS, SRC_V)
+    decode = DecodeConfig(beam_size=1, max_length_offset=4)
+    greedy = greedy_search(model, source, lengths, decode)
+    cold = search(model, source, lengths, DecodeConfig(max_length_offset=4, sampling=True, temperature=1e-8, seed=5))
+    assert [h[0].tokens for h in cold] == [h[0].tokens for h in greedy]
+    assert [h[0].score for h in cold] == pytest.approx([h[0].score for h in greedy], abs=1e-5)
+
+
+def test_sampling_from_the_top_one_token_equals_greedy(make_model, make_sources):
+    model = scramble(make_model(), seed=4, std=0.5)
+    source, lengths = make_sources(SOURCE_LENGTHS, SRC_V)
+    greedy = greedy_search(model, source, lengths, DecodeConfig(beam_size=1, max_length_offset=4))
+    top1 = search(model, source, lengths, DecodeConfig(max_length_offset=4, sampling=True, top_k=1, temperature=3.0), n_best=3)
+    for samples, (best,) in zip(top1, greedy):
+        assert len(samples) == 3 and all(sample.tokens == best.tokens for sample in samples)
+
+
+def test_samples_are_reproducible_with_a_seed_and_differ_between_seeds(make_model, make_sources):
+    model = scramble(make_model(), seed=5, std=0.5)
+    source, lengths = make_sources(SOURCE_LENGTHS, SRC_V)
+
+    def draw(seed: int) -> list[list[list[int]]]:
+        decode = DecodeConfig(max_length_offset=4, sampling=True, temperature=2.0, seed=seed)
+        return [[h.tokens for h in hyps] for hyps in search(model, source, lengths, decode, n_best=4)]
+
+    assert draw(1) == draw(1)
+    assert draw(1) != draw(2)
+    assert all(len(samples) == 4 for samples in draw(1))
+
+
+def test_nucleus_sampling_draws_only_from_the_smallest_set_reaching_top_p():
+    log_probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log().expand(2000, 4)
+    generator = torch.Generator().manual_seed(0)
+    from mt.search import sample_tokens
+
+    drawn = sample_tokens(log_probs, 1.0, 0, 0.7, generator)
+    assert set(drawn.tolist()) == {0, 1}  # 0.5 + 0.3 reach 0.7; 0.15 and 0.05 are cut
+    assert set(sample_tokens(log_probs, 1.0, 3, 1.0, generator).tolist()) == {0, 1, 2}  # top-k 3
+
+
+# -- ensembles -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_an_ensemble_of_two_identical_models_searches_as_one(make_model, make_sources, beam_size):
+    from mt.model import Ensemble
+
+    model = scramble(make_model(attention="bahdanau", bidirectional=True), seed=6, std=0.5)
+    twin = scramble(make_model(attention="bahdanau", bidirectional=True), seed=6, std=0.5)
+    source, lengths = make_sources(SOURCE_LENGTHS, SRC_V)
+    decode = DecodeConfig(beam_size=beam_size, max_length_offset=4)
+    alone = search(model, source, lengths, decode, n_best=beam_size)
+    together = search(Ensemble([model, twin]), source, lengths, decode, n_best=beam_size)
+    assert [[h.tokens for h in hyps] for hyps in together] == [[h.tokens for h in hyps] for hyps in alone]
+    for a, b in zip(alone, together):
+        assert [h.score for h in b] == pytest.approx([h.score for h in a], abs=1e-5)
+
+
+def test_an_ensemble_of_models_with_different_target_vocabularies_is_refused(make_model):
+    from mt.config import MTError
+    from mt.model import Ensemble
+
+    with pytest.raises(MTError, match="one target vocabulary"):
+        Ensemble([make_model(tgt_vocab_size=23), make_model(tgt_vocab_size=29)])

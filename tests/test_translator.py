@@ -111,3 +111,22 @@ def test_long_inputs_are_cut_into_pieces_that_fit_and_concatenate_back(translato
     pieces = translator._fit(text)
     assert "".join(pieces) == text
     assert all(len(tokenizers.source.encode([piece])[0]) <= translator.max_tokens for piece in pieces)
+
+
+def test_an_ensemble_of_checkpoints_with_different_tokenizers_is_refused(tmp_path, tokenizers, corpus_pairs):
+    from mt.checkpoint import save_checkpoint
+    from mt.config import MTError
+    from mt.tokenizer import TokenizerPair, train_sentencepiece
+
+    other = train_sentencepiece([text for pair in corpus_pairs for text in pair], vocab_size=60)
+    paths = []
+    for name, pair in (("a", tokenizers), ("b", TokenizerPair(other, other))):
+        config = ModelConfig(pair.source.vocab_size, pair.target.vocab_size, embedding_size=8, hidden_size=8, num_layers=1)
+        save_checkpoint(tmp_path / f"{name}.safetensors", Seq2Seq(config), pair, {})
+        paths.append(tmp_path / f"{name}.safetensors")
+    with pytest.raises(MTError, match="share one vocabulary"):
+        Translator.from_checkpoints(paths)
+    ensemble = Translator.from_checkpoints([paths[0], paths[0]])
+    alone = Translator.from_checkpoint(paths[0])
+    lines = [pair[0] for pair in corpus_pairs[:4]]
+    assert ensemble.translate(lines, DECODE) == alone.translate(lines, DECODE)
