@@ -60,7 +60,9 @@ def resolve(path: Path) -> Path:
     path = Path(path)
     if path.is_dir():
         if not (path / FILENAME).exists() and (path / "best.safetensors").exists():
-            raise MTError(f"{path} is a training run, not a model; use {path / 'best.safetensors'} (or average its checkpoints)")
+            raise MTError(
+                f"{path} is a training run, not a model; use {path / 'best.safetensors'} (or average its checkpoints)"
+            )
         path = path / FILENAME
     if not path.exists():
         raise MTError(f"checkpoint not found: {path}")

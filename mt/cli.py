@@ -530,7 +530,8 @@ def evaluate_cli(
         typer.echo(
             json.dumps(
                 {
-                    "model": [str(path) for path in model or [default_model()]],
+                    "model": str((model or [default_model()])[0]),
+                    **({"ensemble": [str(path) for path in model]} if model and len(model) > 1 else {}),
                     "beam": beam,
                     "length_penalty": length_penalty,
                     "quantize": quantize,

@@ -326,7 +326,9 @@ class Ensemble(nn.Module):
         self, previous: torch.Tensor, state: EnsembleState, source: EnsembleState
     ) -> tuple[torch.Tensor, EnsembleState, None]:
         """previous (B,) -> mean log-probabilities (B, V), the members' new states, no attention."""
-        steps = [member.decode_step(previous, s, e) for member, s, e in zip(self.members, state.members, source.members)]
+        steps = [
+            member.decode_step(previous, s, e) for member, s, e in zip(self.members, state.members, source.members)
+        ]
         log_probs = torch.stack([log_probs for log_probs, _, _ in steps]).mean(dim=0)  # (B, V)
         return log_probs, EnsembleState(tuple(new_state for _, new_state, _ in steps)), None
 

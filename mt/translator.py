@@ -131,7 +131,9 @@ class Translator:
                 first.tokenizers.source.model_proto,
                 first.tokenizers.target.model_proto,
             ):
-                raise MTError(f"{path} has another tokenizer than {paths[0]}; the models of an ensemble must share one vocabulary")
+                raise MTError(
+                    f"{path} has another tokenizer than {paths[0]}; the models of an ensemble must share one vocabulary"
+                )
         models = [quantize_int8(c.model) if quantize else c.model for c in checkpoints]
         info = first.info
         return cls(

@@ -13,7 +13,18 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_a_wheel_installed_in_a_fresh_environment_translates_with_the_shipped_model(tmp_path):
     wheels = tmp_path / "wheels"
-    build = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(ROOT)]
+    build = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--quiet",
+        "--no-deps",
+        "--no-build-isolation",
+        "-w",
+        str(wheels),
+        str(ROOT),
+    ]
     subprocess.run(build, check=True, capture_output=True, timeout=600)
     (wheel,) = wheels.glob("mt-*.whl")
     environment = tmp_path / "venv"
@@ -27,7 +38,17 @@ def test_a_wheel_installed_in_a_fresh_environment_translates_with_the_shipped_mo
         ).stdout.strip()
     )  # fmt: skip
     (site_packages / "borrowed.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    install = [sys.executable, "-m", "pip", "--python", str(environment / "bin" / "python"), "install", "--quiet", "--no-deps", str(wheel)]
+    install = [
+        sys.executable,
+        "-m",
+        "pip",
+        "--python",
+        str(environment / "bin" / "python"),
+        "install",
+        "--quiet",
+        "--no-deps",
+        str(wheel),
+    ]
     subprocess.run(install, check=True, capture_output=True, timeout=600)
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

@@ -290,8 +290,9 @@ def test_init_from_starts_with_the_parents_weights_and_tokenizer(setup, parent, 
     assert record["path"] == str(parent) and len(record["sha256"]) == 64 and record["step"] == 2
 
 
-def test_init_from_refuses_architecture_options_that_disagree(setup, parent, tmp_path):
-    base = [
+def fine_tune(setup, parent: Path, output: Path) -> list:
+    """`mt train --init-from PARENT` on the small corpus, without options of its own yet."""
+    return [
         "train",
         "--init-from",
         parent,
@@ -300,10 +301,14 @@ def test_init_from_refuses_architecture_options_that_disagree(setup, parent, tmp
         "--valid",
         setup["valid_a"],
         "--output",
-        tmp_path / "child",
+        output,
         "--device",
         "cpu",
     ]
+
+
+def test_init_from_refuses_architecture_options_that_disagree(setup, parent, tmp_path):
+    base = fine_tune(setup, parent, tmp_path / "child")
     assert_one_line_error(invoke(*base, "--hidden-size", "16"), "--hidden-size 16", "12")
     assert_one_line_error(invoke(*base, "--attention", "bahdanau"), "--attention bahdanau")
     assert_one_line_error(invoke(*base, "--tokenizer", setup["tokenizer"]), "--tokenizer", "--init-from")
@@ -313,19 +318,7 @@ def test_init_from_refuses_architecture_options_that_disagree(setup, parent, tmp
 
 
 def test_a_fine_tuning_run_resumes(setup, parent, tmp_path):
-    base = [
-        "train",
-        "--init-from",
-        parent,
-        "--train",
-        setup["small"],
-        "--valid",
-        setup["valid_a"],
-        "--output",
-        tmp_path / "child",
-        "--device",
-        "cpu",
-    ]
+    base = fine_tune(setup, parent, tmp_path / "child")
     assert invoke(*base, "--max-steps", "1").exit_code == 0
     unfinish(tmp_path / "child" / "last.safetensors")
     resumed = invoke(*base, "--max-steps", "2")

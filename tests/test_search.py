@@ -248,7 +248,9 @@ def test_sampling_from_the_top_one_token_equals_greedy(make_model, make_sources)
     model = scramble(make_model(), seed=4, std=0.5)
     source, lengths = make_sources(SOURCE_LENGTHS, SRC_V)
     greedy = greedy_search(model, source, lengths, DecodeConfig(beam_size=1, max_length_offset=4))
-    top1 = search(model, source, lengths, DecodeConfig(max_length_offset=4, sampling=True, top_k=1, temperature=3.0), n_best=3)
+    top1 = search(
+        model, source, lengths, DecodeConfig(max_length_offset=4, sampling=True, top_k=1, temperature=3.0), n_best=3
+    )
     for samples, (best,) in zip(top1, greedy):
         assert len(samples) == 3 and all(sample.tokens == best.tokens for sample in samples)
 

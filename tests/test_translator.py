@@ -121,7 +121,9 @@ def test_an_ensemble_of_checkpoints_with_different_tokenizers_is_refused(tmp_pat
     other = train_sentencepiece([text for pair in corpus_pairs for text in pair], vocab_size=60)
     paths = []
     for name, pair in (("a", tokenizers), ("b", TokenizerPair(other, other))):
-        config = ModelConfig(pair.source.vocab_size, pair.target.vocab_size, embedding_size=8, hidden_size=8, num_layers=1)
+        config = ModelConfig(
+            pair.source.vocab_size, pair.target.vocab_size, embedding_size=8, hidden_size=8, num_layers=1
+        )
         save_checkpoint(tmp_path / f"{name}.safetensors", Seq2Seq(config), pair, {})
         paths.append(tmp_path / f"{name}.safetensors")
     with pytest.raises(MTError, match="share one vocabulary"):
