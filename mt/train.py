@@ -129,6 +129,19 @@ def provenance(
     }
 
 
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bf16 autocast can train here: on GPUs that have bf16, and on CPUs whose
+    oneDNN has bf16 LSTM kernels (AVX512-BF16 or AMX); other CPUs fail inside the LSTM."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            torch.nn.LSTM(4, 4, batch_first=True)(torch.zeros(1, 2, 4))
+    except RuntimeError:
+        return False
+    return True
+
+
 def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float, pad_id: int) -> torch.Tensor:
     """logits (B, T, V), target (B, T) -> mean cross-entropy over real target tokens."""
     return F.cross_entropy(
@@ -311,6 +324,10 @@ class Trainer:
         self.reporter = Reporter()
         self.workers = distributed.current()
 
+        if train_config.bf16 and not bf16_supported(device):
+            raise MTError(
+                f"--bf16: this {device.type} has no bf16 kernels for the LSTM (AVX512-BF16 or AMX); train without --bf16"
+            )
         torch.manual_seed(train_config.seed)
         self.model = Seq2Seq(model_config).to(device)
         # The module the training steps run: DDP averages the workers' gradients in backward.

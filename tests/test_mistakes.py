@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors import safe_open
 from safetensors.torch import save
 from typer.testing import CliRunner
@@ -19,6 +20,7 @@ from mt.checkpoint import save_checkpoint
 from mt.cli import app
 from mt.config import ModelConfig
 from mt.model import Seq2Seq
+from mt.train import bf16_supported
 
 MT = [sys.executable, "-m", "mt"]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -241,3 +243,16 @@ def test_inspect_sources_and_references_of_different_lengths_are_refused(model, 
     short.write_text("The dog .\n")
     result = invoke("inspect", "--model", model, "--src", texts[0], "--ref", short, "--output", tmp_path / "inspect")
     assert_one_line_error(result.stderr, result.exit_code, "5 lines", "1")
+
+
+@pytest.mark.skipif(bf16_supported(torch.device("cpu")), reason="this CPU has bf16 LSTM kernels")
+def test_bf16_on_a_cpu_without_bf16_kernels_is_a_one_line_error(tmp_path, tokenizers, corpus_pairs):
+    tokenizers.save(tmp_path / "tokenizer")
+    prefix = tmp_path / "corpus"
+    for index, language in enumerate(("de", "en")):
+        (tmp_path / f"corpus.{language}").write_text("".join(pair[index] + "\n" for pair in corpus_pairs))
+    result = invoke(
+        "train", "--train", prefix, "--valid", prefix, "--tokenizer", tmp_path / "tokenizer",
+        "--output", tmp_path / "run", "--bf16", "--device", "cpu", "--max-steps", "1",
+    )  # fmt: skip
+    assert result.exit_code != 0 and result.stderr.strip().splitlines()[-1].startswith("error: --bf16")

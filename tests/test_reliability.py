@@ -19,7 +19,7 @@ from mt.checkpoint import load_checkpoint, save_checkpoint
 from mt.config import DecodeConfig, ModelConfig, MTError, TrainConfig
 from mt.data import TokenizedCorpus
 from mt.model import Seq2Seq
-from mt.train import Interrupted, Trainer
+from mt.train import Interrupted, Trainer, bf16_supported
 from mt.translator import Translator
 
 TINY = dict(embedding_size=16, hidden_size=24, num_layers=1, dropout=0.2)
@@ -217,6 +217,9 @@ def test_training_killed_mid_run_resumes_from_its_last_checkpoint(corpus_prefix,
     assert state["finished"] and state["step"] == 400
 
 
+@pytest.mark.skipif(
+    not bf16_supported(torch.device("cpu")), reason="this CPU has no bf16 LSTM kernels (AVX512-BF16 or AMX)"
+)
 def test_bf16_training_computes_in_bf16_keeps_fp32_weights_and_learns(tokenizers, corpus_pairs, tmp_path):
     trainer = make_trainer(
         tokenizers, corpus_pairs, tmp_path / "run", bf16=True, label_smoothing=0.0, learning_rate=0.01
