@@ -26,6 +26,7 @@ import bisect
 import gzip
 import hashlib
 import itertools
+import socket
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -158,10 +159,31 @@ def _arrow_corpus(rows, files: list[Path], **paths: str) -> datasets.Dataset:
         raise
 
 
+def _check_hub_reachable() -> None:
+    """Fail at once, in one line, when the Hugging Face Hub cannot be reached: its client
+    would retry for half a minute, printing a line per try."""
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=5).close()
+    except OSError as error:
+        raise MTError(
+            f"cannot reach the Hugging Face Hub at {constants.ENDPOINT} ({error.strerror or error}); "
+            "a dataset downloaded before loads offline with HF_HUB_OFFLINE=1"
+        ) from None
+
+
 def _read_datasets(spec: str, src_key: str, tgt_key: str) -> datasets.Dataset:
     import datasets
 
     name, split = _dataset_name_and_split(spec)
+    if spec.startswith("hf:"):
+        _check_hub_reachable()
     try:
         if spec.startswith("hf:"):
             dataset = datasets.load_dataset(name, split=split or "train")

@@ -1,10 +1,13 @@
 """The training loop: teacher forcing, Adam with gradient-norm clipping,
 validation by BLEU, checkpoints that survive interruption.
 
-A run lives in one output directory:
+A run lives in one output directory (`RunDirectory`: who may use it, what
+--overwrite deletes):
     best.safetensors   the checkpoint with the highest validation BLEU (the mean over the validation sets)
     last.safetensors   the latest checkpoint, with the trainer's state for resuming
+    step-*.safetensors the last validation checkpoints (--keep-checkpoints)
     log.jsonl          one JSON record per validation
+    lock               held by the one process training the run
 
 Re-running the same command on the same directory resumes from `last`: the
 model, the optimizer, the learning rate, the random state and the position

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -256,3 +257,38 @@ def test_bf16_on_a_cpu_without_bf16_kernels_is_a_one_line_error(tmp_path, tokeni
         "--output", tmp_path / "run", "--bf16", "--device", "cpu", "--max-steps", "1",
     )  # fmt: skip
     assert result.exit_code != 0 and result.stderr.strip().splitlines()[-1].startswith("error: --bf16")
+
+
+def test_an_unreachable_hub_is_one_line_at_once(tmp_path):
+    with socket.socket() as probe:  # a port on 127.0.0.1 that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    env = {**ENV, "HF_ENDPOINT": endpoint}
+    env.pop("HF_HUB_OFFLINE"), env.pop("HF_DATASETS_OFFLINE")
+    process = subprocess.run(
+        [*MT, "train-tokenizer", "--train", "hf:someone/nothing", "--output", str(tmp_path / "tok")],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert_one_line_error(process.stderr, process.returncode, "cannot reach the Hugging Face Hub", "HF_HUB_OFFLINE=1")
+
+
+def test_the_prompt_goes_to_stderr_and_ctrl_c_exits_130(model):
+    import pty
+    import signal
+
+    controller, terminal = pty.openpty()  # stdin a terminal: the interactive prompt
+    process = subprocess.Popen(
+        [*MT, "translate", "--model", str(model), "--beam", "1"],
+        stdin=terminal,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=ENV,
+    )
+    os.write(controller, b"Der Hund ist rot .\n")
+    line = process.stdout.readline()  # waits for the translation, no fixed sleep
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=60) == 130
+    rest, stderr = process.communicate(timeout=30)
+    os.close(controller), os.close(terminal)
+    assert b"> " not in line + rest  # only translations on stdout
+    assert b"> " in stderr and b"Traceback" not in stderr
