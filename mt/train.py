@@ -430,16 +430,22 @@ class Trainer:
         self.model.eval()
         encoded_src = self.tokenizers.source.encode(sources)
         encoded_tgt = self.tokenizers.target.encode(references)
-        cfg = self.model_config
-        pairs = [(s[: cfg.max_source_length - 1], t) for s, t in zip(encoded_src, encoded_tgt) if s and t]
+        model_config = self.model_config
+        pairs = [(s[: model_config.max_source_length - 1], t) for s, t in zip(encoded_src, encoded_tgt) if s and t]
         total, tokens = 0.0, 0
         for batch_indices in make_batches([len(s) + len(t) for s, t in pairs], self.config.batch_tokens):
             chosen = [pairs[i] for i in batch_indices.tolist()]
-            batch = collate([s for s, _ in chosen], [t for _, t in chosen], cfg.pad_id, cfg.bos_id, cfg.eos_id)
+            batch = collate(
+                [s for s, _ in chosen],
+                [t for _, t in chosen],
+                model_config.pad_id,
+                model_config.bos_id,
+                model_config.eos_id,
+            )
             count = batch.target_tokens
             batch = batch.to(self.device)
             logits, _ = self.model(batch.source, batch.source_lengths, batch.target_in)
-            total += float(label_smoothed_loss(logits, batch.target_out, 0.0, cfg.pad_id)) * count
+            total += float(label_smoothed_loss(logits, batch.target_out, 0.0, model_config.pad_id)) * count
             tokens += count
         self.model.train()
         return total / max(tokens, 1)
@@ -516,8 +522,11 @@ class Trainer:
         tokens, gradient norm before clipping) over all of them, or None when
         the update was skipped as non-finite (all workers agree: they see the
         same averaged gradient)."""
-        cfg = self.model_config
-        micro_batches = [collate(*self.corpus.ids(indices), cfg.pad_id, cfg.bos_id, cfg.eos_id) for indices in batches]
+        model_config = self.model_config
+        micro_batches = [
+            collate(*self.corpus.ids(indices), model_config.pad_id, model_config.bos_id, model_config.eos_id)
+            for indices in batches
+        ]
         counts = torch.tensor(
             [[b.target_tokens, b.num_tokens] for b in micro_batches], dtype=torch.float64, device=self.device
         )
@@ -539,7 +548,8 @@ class Trainer:
             ):
                 logits, _ = self.network(batch.source, batch.source_lengths, batch.target_in)
                 batch_loss = (
-                    label_smoothed_loss(logits, batch.target_out, self.config.label_smoothing, cfg.pad_id) * weight
+                    label_smoothed_loss(logits, batch.target_out, self.config.label_smoothing, model_config.pad_id)
+                    * weight
                 )
             with self._exchange_gradients(last):
                 batch_loss.backward()
