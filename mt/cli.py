@@ -874,7 +874,7 @@ def serve_cli(
         typer.Option(
             "--model",
             "-m",
-            help="Checkpoint file or directory; repeat for several directions, one model each. "
+            help="Checkpoint file or directory; repeat for several directions (several of one direction: an ensemble). "
             "[default: the shipped checkpoints/de-en and checkpoints/en-de]",
         ),
     ] = None,

@@ -47,10 +47,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from safetensors import SafetensorError, safe_open
 from starlette.exceptions import HTTPException
 
-from mt.checkpoint import DEFAULT_MODEL, resolve
+from mt.checkpoint import DEFAULT_MODEL, read_info, resolve
 from mt.config import DecodeConfig, MTError
 from mt.translator import Translator
 
@@ -187,7 +186,7 @@ class TranslationWorker:
 
     @property
     def attention(self) -> bool:
-        return self.translator.model.decoder.attention is not None
+        return self.translator.has_attention
 
     def start(self) -> None:
         self._thread.start()
@@ -275,32 +274,24 @@ def load_workers(
     batch_wait_ms: float = 5.0,
     batching: bool = True,
 ) -> list[TranslationWorker]:
-    """A worker per checkpoint, its languages read from the checkpoint's record; one model per direction."""
-    workers, seen = [], {}
+    """A worker per direction, the languages read from each checkpoint's record;
+    several checkpoints of one direction translate as an ensemble."""
+    directions: dict[tuple[str, str], list[Path]] = {}
     for path in models:
-        source, target = checkpoint_languages(path)
-        if (source, target) in seen:
-            raise MTError(
-                f"{seen[source, target]} and {path} both translate {source} to {target}; give one model per direction"
-            )
-        seen[source, target] = path
-        translator = Translator.from_checkpoint(path, device, quantize)
-        workers.append(TranslationWorker(translator, source, target, batch_wait_ms, batching))
-    return workers
+        directions.setdefault(checkpoint_languages(path), []).append(path)
+    return [
+        TranslationWorker(Translator.from_checkpoints(paths, device, quantize), source, target, batch_wait_ms, batching)
+        for (source, target), paths in directions.items()
+    ]
 
 
 def checkpoint_languages(path: Path) -> tuple[str, str]:
     """(source, target) language codes of a checkpoint, from its record."""
-    resolved = resolve(path)
-    try:
-        with safe_open(str(resolved), framework="pt") as handle:
-            info = json.loads((handle.metadata() or {}).get("info", "{}"))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise MTError(f"{resolved} is not a readable checkpoint: {error}") from None
+    info = read_info(path)
     source, target = info.get("source_language"), info.get("target_language")
     if not (isinstance(source, str) and isinstance(target, str) and source and target):
         raise MTError(
-            f"{resolved} does not record its languages (source_language, target_language); the server needs them"
+            f"{resolve(path)} does not record its languages (source_language, target_language); the server needs them"
         )
     return source, target
 

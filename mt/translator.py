@@ -224,13 +224,22 @@ class Translator:
     def translate(self, texts: Sequence[str], decode: DecodeConfig, split: bool = False) -> list[str]:
         return [candidates[0].text for candidates in self.translate_n_best(texts, decode, split=split)]
 
+    @property
+    def _aligner(self) -> Seq2Seq:
+        """The model whose attention `alignment` shows: the model, or an ensemble's first."""
+        return self.model.members[0] if isinstance(self.model, Ensemble) else self.model
+
+    @property
+    def has_attention(self) -> bool:
+        return self._aligner.decoder.attention is not None
+
     @torch.inference_mode()
     def alignment(self, source: str, translation: str) -> tuple[list[str], list[str], torch.Tensor] | None:
         """Source pieces, target pieces and the attention weights (T, S) the
         model gives `translation` when forced to produce it (of the first
         `max_tokens` source pieces); None without attention."""
-        model = self.model.members[0] if isinstance(self.model, Ensemble) else self.model  # an ensemble: its first
-        if model.decoder.attention is None or not source.strip():
+        model = self._aligner
+        if not self.has_attention or not source.strip():
             return None
         config = model.config
         source_ids = self.tokenizers.source.encode([source.strip()])[0][: self.max_tokens]

@@ -208,6 +208,16 @@ def test_languages_lists_each_loaded_direction(client):
     ]
 
 
+def test_several_models_of_one_direction_serve_as_an_ensemble(checkpoints):
+    from mt.model import Ensemble
+    from mt.server import load_workers
+
+    workers = load_workers([checkpoints["de-en"], checkpoints["en-de"], checkpoints["de-en"]])
+    assert [(w.source, w.target) for w in workers] == [("de", "en"), ("en", "de")]
+    assert isinstance(workers[0].translator.model, Ensemble) and len(workers[0].translator.model.members) == 2
+    assert not isinstance(workers[1].translator.model, Ensemble)
+
+
 def test_health_names_the_models_and_counts_batches(client):
     body = client.get("/health").json()
     assert body["status"] == "ok"
