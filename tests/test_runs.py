@@ -54,8 +54,9 @@ def setup(tmp_path_factory, corpus_pairs, tokenizers):
     }
 
 
-def train(setup, output: Path, *extra):
-    corpora = [
+def corpora(setup) -> list:
+    """The two training corpora (the small one taken 3 times) and the two validation sets."""
+    return [
         "--train",
         setup["big"],
         "--train",
@@ -65,7 +66,10 @@ def train(setup, output: Path, *extra):
         "--valid",
         setup["valid_b"],
     ]
-    return invoke("train", *corpora, "--tokenizer", setup["tokenizer"], "--output", output, *TINY, *extra)
+
+
+def train(setup, output: Path, *extra):
+    return invoke("train", *corpora(setup), "--tokenizer", setup["tokenizer"], "--output", output, *TINY, *extra)
 
 
 def unfinish(last: Path, **state_changes) -> None:
@@ -223,25 +227,24 @@ def test_resuming_with_another_corpus_or_tokenizer_is_refused(setup, tmp_path, t
     assert_one_line_error(other_corpus, "other training corpora")
     from mt.tokenizer import TokenizerPair, train_sentencepiece
 
+    texts = [text for pair in corpus_pairs for text in pair]
     other = train_sentencepiece(
-        [text for pair in corpus_pairs for text in pair], vocab_size=tokenizers.source.vocab_size, seed=2
-    )
+        texts, vocab_size=tokenizers.source.vocab_size, model_type="bpe"
+    )  # same size, other pieces
+    assert other.model_proto != tokenizers.source.model_proto
     TokenizerPair(other, other).save(tmp_path / "other-tokenizer")
-    corpora = [
-        "--train",
-        setup["big"],
-        "--train",
-        f"{setup['small']}:3",
-        "--valid",
-        setup["valid_a"],
-        "--valid",
-        setup["valid_b"],
-    ]
     result = invoke(
-        "train", *corpora, "--tokenizer", tmp_path / "other-tokenizer", "--output", run, *TINY, "--max-steps", "3"
+        "train",
+        *corpora(setup),
+        "--tokenizer",
+        tmp_path / "other-tokenizer",
+        "--output",
+        run,
+        *TINY,
+        "--max-steps",
+        "3",
     )
-    if other.model_proto != tokenizers.source.model_proto:
-        assert_one_line_error(result, "another tokenizer")
+    assert_one_line_error(result, "another tokenizer")
 
 
 def test_a_last_checkpoint_without_trainer_state_is_a_one_line_error(setup, tmp_path):
