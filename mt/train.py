@@ -255,7 +255,7 @@ class Interrupted(KeyboardInterrupt):
 
 class _StopOnSignal:
     """Turns Ctrl-C (SIGINT) and SIGTERM (how schedulers and torchrun ask a
-    process to end) into `trainer.stop_requested`: the trainer finishes its
+    process to end) into `trainer.signal_received`: the trainer finishes its
     step, saves `last` and stops. A second Ctrl-C stops a single process at
     once; under torchrun, which passes each Ctrl-C on to the workers a second
     time, every signal asks for the orderly stop (the launcher kills a worker
@@ -272,9 +272,9 @@ class _StopOnSignal:
             self._previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
 
     def _handle(self, signum, frame) -> None:
-        if self.trainer.stop_requested and signum == signal.SIGINT and self.trainer.workers.world_size == 1:
+        if self.trainer.signal_received and signum == signal.SIGINT and self.trainer.workers.world_size == 1:
             raise KeyboardInterrupt
-        self.trainer.stop_requested = True
+        self.trainer.signal_received = True
 
     def __exit__(self, *exc) -> None:
         for signum, previous in self._previous.items():
@@ -343,7 +343,11 @@ class Trainer:
         self._seed_worker()
         self.translator = Translator(self.model, tokenizers, device)
         self.validation_decode = DecodeConfig(beam_size=train_config.validation_beam)
-        self.stop_requested = False  # set by Ctrl-C or SIGTERM: save `last` and stop after this step
+        # Ctrl-C or SIGTERM sets `signal_received`; the workers then agree on `stop_requested`
+        # (save `last` and stop) at the end of an update. A signal that arrives while they
+        # agree stays received and is agreed on at the next update, never lost.
+        self.signal_received = False
+        self.stop_requested = False
 
     @property
     def last_path(self) -> Path:
@@ -649,7 +653,7 @@ class Trainer:
         out_of_budget = bool(cfg.max_steps and self.state.step >= cfg.max_steps) or bool(
             cfg.max_minutes and self.state.elapsed_seconds >= 60 * cfg.max_minutes
         )
-        flags = torch.tensor([self.stop_requested, out_of_budget], dtype=torch.int32, device=self.device)
+        flags = torch.tensor([self.signal_received, out_of_budget], dtype=torch.int32, device=self.device)
         interrupted, out_of_budget = distributed.sum_over_workers(flags).tolist()
         self.stop_requested = bool(interrupted)
         return bool(interrupted or out_of_budget)

@@ -74,7 +74,7 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tokenizers, corp
     def stop_after_six(batch):  # what Ctrl-C does, at a step that is not a validation step
         result = step(batch)
         if interrupted.state.step == 5:
-            interrupted.stop_requested = True
+            interrupted.signal_received = True
         return result
 
     interrupted.train_step = stop_after_six

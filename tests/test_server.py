@@ -289,9 +289,7 @@ def test_unknown_paths_and_methods_are_json_errors(client):
 class _BrokenTranslator:
     """Stands in for a Translator whose model fails (out of memory, a bug)."""
 
-    class model:  # noqa: N801  (mimics translator.model.decoder.attention)
-        class decoder:  # noqa: N801
-            attention = None
+    has_attention = False
 
     def translate_n_best(self, *args, **kwargs):
         raise RuntimeError("the model broke")
