@@ -31,6 +31,11 @@ def invoke(*args, input=None):
     return CliRunner().invoke(app, [str(a) for a in args], input=input)
 
 
+def in_shell(command: str, **options) -> subprocess.CompletedProcess:
+    """A shell command line (for its redirections and pipes), text in and out."""
+    return subprocess.run(command, shell=True, env=ENV, capture_output=True, text=True, **options)
+
+
 def run(*args, **options) -> subprocess.CompletedProcess:
     return subprocess.run([*MT, *map(str, args)], env=ENV, capture_output=True, text=True, timeout=180, **options)
 
@@ -172,41 +177,19 @@ def test_a_run_directory_as_model_points_to_its_best_checkpoint(model, tmp_path)
 
 def test_closed_stdin_and_stdout_give_no_traceback(model):
     for redirect in ("<&-", ">&-"):
-        shell = subprocess.run(
-            f"{' '.join(MT)} translate --model {model} {redirect}",
-            shell=True,
-            env=ENV,
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
+        shell = in_shell(f"{' '.join(MT)} translate --model {model} {redirect}", timeout=180)
         assert "Traceback" not in shell.stderr, shell.stderr
         assert shell.returncode != 0 or redirect == "<&-"
 
 
 def test_translate_closed_stdin_is_a_one_line_error(model):
-    shell = subprocess.run(
-        f"{' '.join(MT)} translate --model {model} <&-",
-        shell=True,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    shell = in_shell(f"{' '.join(MT)} translate --model {model} <&-", timeout=180)
     assert_one_line_error(shell.stderr, shell.returncode, "standard input is closed")
 
 
 def test_a_closed_pipe_downstream_is_a_quiet_normal_end(model):
     lines = "".join("Der Hund ist rot .\n" for _ in range(3000))
-    shell = subprocess.run(
-        f"{' '.join(MT)} translate --model {model} --beam 1 | head -1",
-        shell=True,
-        input=lines,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    shell = in_shell(f"{' '.join(MT)} translate --model {model} --beam 1 | head -1", input=lines, timeout=300)
     assert shell.stderr == "" and len(shell.stdout.splitlines()) == 1
 
 
