@@ -24,7 +24,16 @@ from rich.progress import ProgressColumn
 from rich.text import Text
 
 from mt import __version__
-from mt.config import MAX_BEAM, AttentionKind, Cell, CellImpl, MTError, SubwordModel
+from mt.config import (
+    MAX_BEAM,
+    AttentionKind,
+    Cell,
+    CellImpl,
+    MTError,
+    OutputFormat,
+    SignificanceTest,
+    SubwordModel,
+)
 
 app = typer.Typer(
     name="mt",
@@ -498,69 +507,112 @@ def _output_file(path: Path | None, inputs: dict[str, Path]) -> Path | None:
 def evaluate_cli(
     src: Annotated[Path, typer.Option(help="Source sentences, one per line (.gz allowed).")],
     ref: Annotated[Path, typer.Option(help="Reference translations, one per line.")],
-    model: ModelOption = None,
+    model: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Checkpoint file or directory; repeat to compare models (a paired test against the first). "
+            "[default: the shipped checkpoints/de-en]",
+        ),
+    ] = None,
+    ensemble: Annotated[
+        bool, typer.Option(help="Score the --models as one ensemble instead of comparing them.")
+    ] = False,
     beam: BeamOption = 5,
     length_penalty: LengthPenaltyOption = 1.0,
-    output: Annotated[Path | None, typer.Option(help="Write the translations to this file.")] = None,
+    confidence: Annotated[
+        bool, typer.Option(help="Add bootstrap 95% confidence intervals of BLEU, chrF and TER (1000 resamples).")
+    ] = False,
+    paired_test: Annotated[
+        SignificanceTest,
+        typer.Option(help="Several models: paired bootstrap resampling (bs) or approximate randomization (ar)."),
+    ] = SignificanceTest.bs,
+    output: Annotated[Path | None, typer.Option(help="Write the translations to this file (one model).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")] = False,
     device: DeviceOption = Device.auto,
     quantize: QuantizeOption = False,
 ):
-    """Translate a file and score it against references with sacreBLEU (BLEU and chrF).
+    """Translate a file and score it against references with sacreBLEU (BLEU, chrF, TER).
 
-    Example: mt evaluate --model checkpoints/de-en --src data/multi30k/test_2016_flickr.de.gz --ref data/multi30k/test_2016_flickr.en.gz
+    With several --model options each model is scored and compared with the
+    first by a paired significance test (p < 0.05: the difference is unlikely
+    to be chance); --confidence gives each score's 95% confidence interval.
+
+    \b
+    Examples:
+      mt evaluate --model checkpoints/de-en --src data/multi30k/test_2016_flickr.de.gz --ref data/multi30k/test_2016_flickr.en.gz
+      mt evaluate -m checkpoints/de-en -m checkpoints/de-en-base --src test.de --ref test.en   (paired test)
+      mt evaluate -m a.safetensors -m b.safetensors --ensemble --src test.de --ref test.en --confidence
     """
     from mt.checkpoint import write_atomic
     from mt.data import read_lines
-    from mt.evaluate import score
+    from mt.evaluate import score, significance
 
     decode = _decode_config(beam, length_penalty)
+    models = model or [default_model()]
+    systems = [models] if ensemble or len(models) == 1 else [[path] for path in models]
+    if output is not None and len(systems) > 1:
+        raise MTError("--output holds the translations of one model; give one --model (or --ensemble)")
     output = _output_file(output, {"--src": src, "--ref": ref})
     sources, references = read_lines(src), read_lines(ref)
     if len(sources) != len(references):
         raise MTError(f"{src} has {len(sources)} lines but {ref} has {len(references)}")
     if not sources:
         raise MTError(f"{src} is empty")
-    translator = _load_translator(model, device, quantize)
-    hypotheses = translator.translate(sources, decode)
+    hypotheses = [_load_translator(paths, device, quantize).translate(sources, decode) for paths in systems]
     if output is not None:
-        write_atomic(output, "".join(h + "\n" for h in hypotheses).encode())
-    scores = score(hypotheses, references)
+        write_atomic(output, "".join(h + "\n" for h in hypotheses[0]).encode())
+    results = [
+        {
+            "model": str(paths[0]),
+            **({"ensemble": [str(p) for p in paths]} if len(paths) > 1 else {}),
+            **score(h, references),
+        }
+        for paths, h in zip(systems, hypotheses)
+    ]
+    tested = significance(hypotheses, references, paired_test) if confidence or len(systems) > 1 else None
+    if tested is not None:
+        for result, intervals in zip(results, tested["systems"]):
+            result.update({f"{name}_confidence": interval for name, interval in intervals.items()})
+    settings = {"beam": beam, "length_penalty": length_penalty, "quantize": quantize}
     if as_json:
-        typer.echo(
-            json.dumps(
-                {
-                    "model": str((model or [default_model()])[0]),
-                    **({"ensemble": [str(path) for path in model]} if model and len(model) > 1 else {}),
-                    "beam": beam,
-                    "length_penalty": length_penalty,
-                    "quantize": quantize,
-                    **scores,
-                }
-            )
-        )
+        if len(results) == 1:
+            body = {**results[0], **settings}
+        else:
+            body = {**settings, "paired_test": paired_test.value, "baseline": results[0]["model"], "systems": results}
+        if tested is not None:
+            body["confidence_signatures"] = tested["signatures"]
+        typer.echo(json.dumps(body))
         return
-    typer.echo(f"BLEU  {scores['bleu']:6.2f}  {scores['bleu_signature']}")
-    typer.echo(f"BLEU  {scores['bleu_lowercase']:6.2f}  {scores['bleu_lowercase_signature']}")
-    typer.echo(f"chrF  {scores['chrf']:6.2f}  {scores['chrf_signature']}")
+    _print_scores(results, tested)
 
 
-def _read_stdin_lines() -> list[str]:
-    data = sys.stdin.buffer.read()
-    raw_lines = data.split(b"\n")
-    if raw_lines and raw_lines[-1] == b"":
-        raw_lines.pop()
-    lines = []
-    for number, raw in enumerate(raw_lines, start=1):
-        try:
-            lines.append(raw.decode("utf-8").rstrip("\r"))
-        except UnicodeDecodeError:
-            raise MTError(f"standard input: line {number} is not valid UTF-8") from None
-    return lines
+SCORE_LABELS = (("BLEU", "bleu"), ("BLEU lc", "bleu_lowercase"), ("chrF", "chrf"), ("TER", "ter"))
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.splitlines())
+def _print_scores(results: list[dict], tested: dict | None) -> None:
+    """The scores of `mt evaluate` for a person: a line per metric with its signature,
+    or, for several models, a block per model and the signatures once."""
+    several = len(results) > 1
+    for index, result in enumerate(results):
+        if several:
+            typer.echo(f"{result['model']}{' (baseline)' if index == 0 else ''}")
+        for label, name in SCORE_LABELS:
+            line = f"{'  ' if several else ''}{label:<8}{result[name]:6.2f}"
+            interval = result.get(f"{name}_confidence")
+            if interval is not None:
+                line += f"  (μ = {interval['mean']:.2f} ± {interval['ci']:.2f})"
+                if "p_value" in interval:
+                    line += f"  p = {interval['p_value']:.4f}{' *' if interval['p_value'] < 0.05 else ''}"
+            typer.echo(line if several else f"{line}  {result[name + '_signature']}")
+    if several:
+        test = {"bs": "paired bootstrap resampling", "ar": "paired approximate randomization"}[tested["test"]]
+        typer.echo(f"p: {test} against the baseline; * p < 0.05 (unlikely to be chance)")
+        for label, name in SCORE_LABELS:
+            typer.echo(f"{label:<8}{results[0][name + '_signature']}")
+    if tested is not None:
+        typer.echo(f"μ ± ci: bootstrap mean and 95% confidence interval; {tested['signatures']['bleu']}")
 
 
 def _show_alignment(translator, source: str, translation: str) -> None:
@@ -569,13 +621,63 @@ def _show_alignment(translator, source: str, translation: str) -> None:
     if alignment is None:
         typer.echo("  (this model has no attention to show)", err=True)
         return
-    source_pieces, target_pieces, weights = alignment
     shades = " ░▒▓█"
-    width = max(len(p) for p in target_pieces)
-    for row, piece in enumerate(target_pieces):
-        cells = "".join(shades[min(4, int(float(w) * 5))] * 2 for w in weights[row])
+    width = max(len(p) for p in alignment.target)
+    for row, piece in enumerate(alignment.target):
+        cells = "".join(shades[min(4, int(float(w) * 5))] * 2 for w in alignment.weights[row])
         typer.echo(f"  {piece:>{width}} |{cells}|")
-    typer.echo(f"  {'':>{width}}  " + " ".join(f"{i}:{p}" for i, p in enumerate(source_pieces)))
+    typer.echo(f"  {'':>{width}}  " + " ".join(f"{i}:{p}" for i, p in enumerate(alignment.source)))
+
+
+class RateColumn(ProgressColumn):
+    """Lines per second, rich's estimate over the last half minute."""
+
+    def render(self, task) -> Text:
+        return Text("" if task.speed is None else f"{task.speed:.1f} lines/s", style="progress.data.speed")
+
+
+PROGRESS_EVERY = 1000  # lines between two progress lines when stderr is a log, not a terminal
+
+
+@contextlib.contextmanager
+def _translation_progress(total: int):
+    """A callback taking the number of lines done: a progress bar on a terminal
+    (lines, lines/s, ETA), else a line on stderr every PROGRESS_EVERY lines and at the end."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    console = _stderr_console()
+    started, reported = time.monotonic(), 0
+    columns = (BarColumn(), MofNCompleteColumn(), RateColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, disable=not console.is_terminal) as bar:
+        task = bar.add_task("translating", total=total)
+
+        def update(done: int) -> None:
+            nonlocal reported
+            bar.update(task, completed=done)
+            if not console.is_terminal and (done - reported >= PROGRESS_EVERY or done == total):
+                rate = done / max(time.monotonic() - started, 1e-9)
+                console.print(f"translated {done:,}/{total:,} lines ({rate:.1f} lines/s)")
+                reported = done
+
+        yield update
+
+
+@contextlib.contextmanager
+def _destination(path: Path | None):
+    """A function that writes text to standard output (flushed: a reader gets each
+    chunk at once) or into `path`, which appears only once everything is written."""
+    from mt.checkpoint import atomic_file
+
+    if path is None:
+
+        def write(text: str) -> None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+        yield write
+        return
+    with atomic_file(path) as out:
+        yield lambda text: out.write(text.encode("utf-8"))
 
 
 @app.command("translate")
@@ -583,11 +685,31 @@ def _show_alignment(translator, source: str, translation: str) -> None:
 def translate_cli(
     text: Annotated[list[str] | None, typer.Argument(help="Sentences to translate; without them, read stdin.")] = None,
     model: ModelOption = None,
+    input: Annotated[
+        Path | None, typer.Option("--input", "-i", help="Translate this file (.gz allowed; - is stdin), line by line.")
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write here (- is stdout); the file appears only when complete."),
+    ] = None,
+    output_format: Annotated[
+        OutputFormat, typer.Option("--format", help="text: one line per input line; jsonl: one JSON object per line.")
+    ] = OutputFormat.text,
     beam: BeamOption = 5,
     length_penalty: LengthPenaltyOption = 1.0,
     n_best: Annotated[
-        int, typer.Option(help="Show the N best translations (or N samples) with their scores (interactive).")
+        int,
+        typer.Option(
+            help="The N best translations (or N samples) with scores: Moses 'LINE ||| TEXT ||| SCORE' lines "
+            "in text, an n_best list in jsonl."
+        ),
     ] = 1,
+    alignment: Annotated[
+        bool, typer.Option(help="jsonl: add the attention alignment of each translation (attention models).")
+    ] = False,
+    buffer_size: Annotated[
+        int, typer.Option(help="Lines translated together from a pipe or file (fewer when the input pauses).")
+    ] = 256,
     sampling: Annotated[bool, typer.Option(help="Sample translations instead of searching for the best.")] = False,
     temperature: Annotated[float, typer.Option(help="Sampling: < 1 sharpens the distribution, > 1 flattens it.")] = 1.0,
     top_k: Annotated[int, typer.Option(help="Sampling: only from the K most likely tokens (0: all).")] = 0,
@@ -602,45 +724,76 @@ def translate_cli(
     device: DeviceOption = Device.auto,
     quantize: QuantizeOption = False,
 ):
-    """Translate text: from arguments, from a pipe (one line out per line in), or interactively.
+    """Translate text: from arguments, a pipe or a file (one line out per line in), or interactively.
 
-    A text of several sentences is split into sentences, translated as one
-    batch and put back together with its own spaces and line breaks; a
+    A pipe is translated as it arrives, --buffer-size lines at a time or
+    whatever has come when the input pauses, so a program can write a line and
+    read its translation. A text of several sentences is split into sentences,
+    translated as one batch and put back together with its own spaces; a
     sentence longer than the model reads well is translated in pieces.
 
     \b
     Examples:
       mt translate "Ein Hund läuft über die Wiese."
       mt translate < sentences.de > sentences.en
+      mt translate -i sentences.de.gz -o sentences.en       (a progress bar; the output appears when done)
+      mt translate --format jsonl --n-best 3 < in.de        (JSON lines with scores and 3 candidates)
       mt translate              (interactive; Ctrl-D to quit)
       mt translate -m runs/a/best.safetensors -m runs/b/best.safetensors < in.de   (an ensemble)
       mt translate --sampling --top-p 0.9 --n-best 3      (three samples per sentence)
     """
+    from mt.data import count_lines, decode_lines, iter_lines
+    from mt.streams import PAUSE_SECONDS, Formatter, translate_stream
+
     options = dict(sampling=sampling, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     decode = _decode_config(beam, length_penalty, **options)
     most = MAX_BEAM if sampling else beam
     if not 1 <= n_best <= most:
         raise MTError(f"--n-best must be between 1 and {'100' if sampling else f'--beam ({beam})'}, got {n_best}")
+    if buffer_size < 1:
+        raise MTError(f"--buffer-size must be >= 1, got {buffer_size}")
+    if alignment and output_format != OutputFormat.jsonl:
+        raise MTError("--alignment needs --format jsonl (at the interactive prompt: --show-attention)")
     if text == ["-"]:  # the usual name of standard input
         text = None
-    if not text and sys.stdin is None:
-        raise MTError("standard input is closed; give the sentences as arguments or through a pipe")
+    if text and input is not None:
+        raise MTError("give the sentences as arguments or with --input, not both")
+    if input is not None and str(input) == "-":
+        input = None
+    elif input is not None and not input.is_file():
+        raise MTError(f"--input {input}: {'not a regular file' if input.exists() else 'file not found'}")
+    output = None if output is None or str(output) == "-" else _output_file(output, {"--input": input} if input else {})
+    if not text and input is None and sys.stdin is None:
+        raise MTError("standard input is closed; give the sentences as arguments, with --input or through a pipe")
+    interactive = not text and input is None and sys.stdin.isatty()
+    if interactive and (output is not None or output_format != OutputFormat.text):
+        interactive = False  # typed lines are a stream like any other: no prompt in the output
     translator = _load_translator(model, device, quantize)
+    if alignment and not translator.has_attention:
+        raise MTError("--alignment: this model has no attention (train with --attention luong or bahdanau)")
+    if interactive:
+        _interactive(translator, decode, n_best, show_attention, split)
+        return
     if text:
-        for translation in translator.translate(text, decode, split):
-            typer.echo(translation)
-        return
-    if not sys.stdin.isatty():
-        # All of stdin at once: the translator sorts it by length into full batches.
-        for translation in translator.translate(_read_stdin_lines(), decode, split):
-            sys.stdout.write(_one_line(translation) + "\n")
-        sys.stdout.flush()
-        return
-    _interactive(translator, decode, n_best, show_attention, split)
+        lines, pause, total = text, None, None
+    elif input is not None:
+        lines, pause, total = iter_lines(input), None, count_lines(input)
+    else:
+        lines, pause, total = decode_lines(sys.stdin.buffer, "standard input"), PAUSE_SECONDS, None
+    formatter = Formatter(translator, output_format, n_best, alignment)
+    try:
+        with _destination(output) as write:
+            with _translation_progress(total) if total else contextlib.nullcontext() as progress:
+                translate_stream(translator, lines, decode, formatter, write, buffer_size, split, pause, progress)
+    except KeyboardInterrupt:  # Ctrl-C: what was written stays whole; an --output file is not written at all
+        typer.echo(f"interrupted{f': {output} was not written' if output else ''}", err=True)
+        raise typer.Exit(130) from None
 
 
 def _interactive(translator, decode, n_best: int, show_attention: bool, split: bool) -> None:
     import readline  # noqa: F401  (line editing and history for input())
+
+    from mt.streams import one_line
 
     history = Path.home() / ".mt_history"
     try:
@@ -660,10 +813,10 @@ def _interactive(translator, decode, n_best: int, show_attention: bool, split: b
             if not line.strip():
                 continue
             candidates = translator.translate_n_best([line], decode, n_best, split)[0]
-            typer.echo(_one_line(candidates[0].text))
+            typer.echo(one_line(candidates[0].text))
             if n_best > 1:
                 for rank, candidate in enumerate(candidates, start=1):
-                    typer.echo(f"  {rank}. ({candidate.score:.3f}) {_one_line(candidate.text)}")
+                    typer.echo(f"  {rank}. ({candidate.score:.3f}) {one_line(candidate.text)}")
             if show_attention:
                 _show_alignment(translator, line, candidates[0].text)
     except EOFError:  # Ctrl-D: the way to quit

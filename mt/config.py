@@ -67,6 +67,20 @@ class SubwordModel(Choice):
     bpe = "bpe"
 
 
+class SignificanceTest(Choice):
+    """sacreBLEU's paired tests: bootstrap resampling or approximate randomization."""
+
+    bs = "bs"
+    ar = "ar"
+
+
+class OutputFormat(Choice):
+    """What `mt translate` writes per input line: the translation, or one JSON object."""
+
+    text = "text"
+    jsonl = "jsonl"
+
+
 def _check_range(name: str, value: float, low: float, high: float | None = None, *, low_open: bool = False) -> None:
     if not math.isfinite(value):
         raise MTError(f"{name} must be a finite number, got {value}")

@@ -31,7 +31,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import torch
 
@@ -61,13 +61,32 @@ def iter_lines(path: Path) -> Iterator[str]:
         raise MTError(f"expected a file, got a directory: {path}")
     try:
         with open_text(path) as handle:
-            for number, raw in enumerate(handle, start=1):
-                try:
-                    yield raw.decode("utf-8").rstrip("\r\n")
-                except UnicodeDecodeError:
-                    raise MTError(f"{path}: line {number} is not valid UTF-8") from None
+            yield from decode_lines(handle, str(path))
     except (OSError, EOFError, zlib.error) as error:  # permissions, a corrupt or cut-off gzip stream
         raise MTError(f"cannot read {path}: {getattr(error, 'strerror', None) or error}") from None
+
+
+def decode_lines(handle: BinaryIO, name: str) -> Iterator[str]:
+    """Yield the lines of a binary stream as text without their line ends, as
+    they arrive; a line that is not UTF-8 raises `MTError` naming `name` and the line."""
+    for number, raw in enumerate(handle, start=1):
+        try:
+            yield raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise MTError(f"{name}: line {number} is not valid UTF-8") from None
+
+
+def count_lines(path: Path) -> int:
+    """How many lines `iter_lines(path)` yields (a last line without a newline counts)."""
+    count, last = 0, b"\n"
+    try:
+        with open_text(path) as handle:
+            while block := handle.read(1 << 20):
+                count += block.count(b"\n")
+                last = block[-1:]
+    except (OSError, EOFError, zlib.error) as error:
+        raise MTError(f"cannot read {path}: {getattr(error, 'strerror', None) or error}") from None
+    return count + (last != b"\n")
 
 
 def read_lines(path: Path) -> list[str]:

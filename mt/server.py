@@ -260,10 +260,7 @@ class TranslationWorker:
     def _result(self, source: str, candidates, alignment: bool) -> TextResult:
         attention = self.translator.alignment(source, candidates[0].text) if alignment else None
         if attention is not None:
-            source_pieces, target_pieces, weights = attention  # weights (T, S)
-            attention = Alignment(
-                source=source_pieces, target=target_pieces, weights=weights.double().round(decimals=4).tolist()
-            )
+            attention = Alignment(**attention.to_dict())
         return TextResult([c.text for c in candidates], [c.score for c in candidates], attention)
 
 

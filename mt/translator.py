@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -41,6 +42,19 @@ WORD_BOUNDARY = re.compile(r"\s+")
 class Candidate:
     text: str
     score: float  # length-penalised log-probability (summed over a text's sentences)
+
+
+class Alignment(NamedTuple):
+    """The attention of a translation over its source: weights[t, s] for target piece t, source piece s."""
+
+    source: list[str]
+    target: list[str]
+    weights: torch.Tensor  # (T, S)
+
+    def to_dict(self) -> dict:
+        """The JSON form (of the server and `--format jsonl`): weights rounded to 4 decimals."""
+        rows = self.weights.double().round(decimals=4).tolist()
+        return {"source": self.source, "target": self.target, "weights": rows}
 
 
 @dataclass(frozen=True)
@@ -234,7 +248,7 @@ class Translator:
         return self._aligner.decoder.attention is not None
 
     @torch.inference_mode()
-    def alignment(self, source: str, translation: str) -> tuple[list[str], list[str], torch.Tensor] | None:
+    def alignment(self, source: str, translation: str) -> Alignment | None:
         """Source pieces, target pieces and the attention weights (T, S) the
         model gives `translation` when forced to produce it (of the first
         `max_tokens` source pieces); None without attention."""
@@ -252,4 +266,4 @@ class Translator:
         model.train(was_training)
         source_pieces = [*self.tokenizers.source.pieces(source.strip())[: len(source_ids)], "</s>"]
         target_pieces = [*self.tokenizers.target.pieces(translation), "</s>"][: target_in.size(1)]
-        return source_pieces, target_pieces, attention[0, : len(target_pieces)].cpu()
+        return Alignment(source_pieces, target_pieces, attention[0, : len(target_pieces)].cpu())

@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,6 +25,7 @@ if "HF_DATASETS_CACHE" not in os.environ:  # corpora read by the tests are cache
     os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="mt-tests-datasets-")
     atexit.register(shutil.rmtree, os.environ["HF_DATASETS_CACHE"], ignore_errors=True)
 
+from mt.checkpoint import save_checkpoint  # noqa: E402
 from mt.config import AttentionKind, Cell, ModelConfig  # noqa: E402
 from mt.model import Seq2Seq  # noqa: E402
 from mt.tokenizer import TokenizerPair, train_sentencepiece  # noqa: E402
@@ -134,6 +136,33 @@ def make_model() -> Callable[..., Seq2Seq]:
         return Seq2Seq(ModelConfig(**options)).eval()
 
     return build
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tokenizers) -> Callable[..., Seq2Seq]:
+    """`tiny_model(seed=0, **config)`: an untrained model over the toy tokenizer's
+    vocabulary (embeddings 8, hidden 8, one layer unless overridden), in eval mode."""
+
+    def build(seed: int = 0, **overrides) -> Seq2Seq:
+        options = {"embedding_size": 8, "hidden_size": 8, "num_layers": 1, "dropout": 0.0, **overrides}
+        vocabulary = (tokenizers.source.vocab_size, tokenizers.target.vocab_size)
+        torch.manual_seed(seed)
+        return Seq2Seq(ModelConfig(*vocabulary, **options)).eval()
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_model, tokenizers) -> Callable[..., Path]:
+    """`tiny_checkpoint(path, source="de", target="en", seed=0, **config)`: a
+    `tiny_model` saved with the toy tokenizer as a checkpoint file; returns `path`."""
+
+    def save(path: Path, source: str = "de", target: str = "en", seed: int = 0, **overrides) -> Path:
+        info = {"source_language": source, "target_language": target}
+        save_checkpoint(path, tiny_model(seed, **overrides), tokenizers, info)
+        return path
+
+    return save
 
 
 def random_sources(

@@ -9,12 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
-
-from mt.checkpoint import save_checkpoint
-from mt.config import ModelConfig
-from mt.model import Seq2Seq
-
 BENCHMARK = Path(__file__).resolve().parent.parent / "bench" / "benchmark.py"
 
 
@@ -26,18 +20,8 @@ def _numbers(value):
         yield value
 
 
-def test_benchmark_runs_on_a_tiny_slice_and_reports_every_measurement(tokenizers, corpus_prefix, tmp_path):
-    torch.manual_seed(0)
-    config = ModelConfig(
-        src_vocab_size=tokenizers.source.vocab_size,
-        tgt_vocab_size=tokenizers.target.vocab_size,
-        embedding_size=8,
-        hidden_size=16,
-        num_layers=1,
-        attention="luong",
-    )
-    model = tmp_path / "tiny.safetensors"
-    save_checkpoint(model, Seq2Seq(config), tokenizers, {})
+def test_benchmark_runs_on_a_tiny_slice_and_reports_every_measurement(tiny_checkpoint, corpus_prefix, tmp_path):
+    model = tiny_checkpoint(tmp_path / "tiny.safetensors", hidden_size=16, attention="luong")
     arguments = [
         "--model", model, "--tokenizer-model", model, "--train", corpus_prefix,
         "--test-src", f"{corpus_prefix}.de.gz", "--test-ref", f"{corpus_prefix}.en.gz",

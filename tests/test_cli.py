@@ -487,7 +487,7 @@ def test_evaluate_and_translate_quantized_give_one_line_each_and_no_warnings(cli
     assert process.stderr.decode() == ""
 
 
-def test_evaluate_text_report_has_bleu_and_chrf_lines(cli_corpus, cli_model):
+def test_evaluate_text_report_has_bleu_chrf_and_ter_lines(cli_corpus, cli_model):
     result = _invoke(
         [
             "evaluate",
@@ -505,7 +505,7 @@ def test_evaluate_text_report_has_bleu_and_chrf_lines(cli_corpus, cli_model):
     )
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert [line.split()[0] for line in lines] == ["BLEU", "BLEU", "chrF"]
+    assert [line.split()[0] for line in lines] == ["BLEU", "BLEU", "chrF", "TER"]
 
 
 def test_evaluate_output_writes_one_translation_per_source_line(cli_corpus, cli_model, tmp_path):
@@ -815,12 +815,6 @@ def test_train_dropout_out_of_range_names_the_valid_range(cli_corpus, cli_tokeni
     )
     _assert_cli_error(result, "dropout", ">= 0.0 and <= 0.9", "1.5")
     assert not (tmp_path / "run" / "last.safetensors").exists()
-
-
-def test_translate_non_utf8_stdin_names_the_line(cli_model):
-    stdin = "Ein Hund läuft.\n\n".encode() + b"Ein M\xe4dchen spielt.\n" + b"Eine Katze.\n"
-    process = _run_mt(["translate", "--model", str(cli_model), "--device", "cpu"], stdin=stdin)
-    _assert_process_error(process, "standard input", "line 3", "UTF-8")
 
 
 def test_translate_missing_checkpoint_from_console_script_has_no_traceback(tmp_path):

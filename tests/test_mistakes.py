@@ -17,10 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import save
 from typer.testing import CliRunner
 
-from mt.checkpoint import save_checkpoint
 from mt.cli import app
-from mt.config import ModelConfig
-from mt.model import Seq2Seq
 from mt.train import bf16_supported
 
 MT = [sys.executable, "-m", "mt"]
@@ -49,13 +46,8 @@ def assert_one_line_error(stderr: str, exit_code: int, *fragments: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory, tokenizers) -> Path:
-    config = ModelConfig(
-        tokenizers.source.vocab_size, tokenizers.target.vocab_size, embedding_size=8, hidden_size=8, num_layers=1
-    )
-    path = tmp_path_factory.mktemp("model") / "model.safetensors"
-    save_checkpoint(path, Seq2Seq(config), tokenizers, {"source_language": "de", "target_language": "en"})
-    return path
+def model(tmp_path_factory, tiny_checkpoint) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("model") / "model.safetensors")
 
 
 @pytest.fixture

@@ -140,16 +140,8 @@ def test_a_checkpoint_whose_tokenizer_does_not_match_the_model_is_rejected(token
 
 
 @pytest.fixture(scope="module")
-def tiny_translator(tokenizers):
-    torch.manual_seed(0)
-    config = ModelConfig(
-        src_vocab_size=tokenizers.source.vocab_size,
-        tgt_vocab_size=tokenizers.target.vocab_size,
-        attention="luong",
-        max_source_length=12,
-        **TINY,
-    )
-    return Translator(Seq2Seq(config).eval(), tokenizers)
+def tiny_translator(tiny_model, tokenizers):
+    return Translator(tiny_model(attention="luong", max_source_length=12, **TINY), tokenizers)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -26,9 +26,7 @@ import pytest
 import torch
 import uvicorn
 
-from mt.checkpoint import save_checkpoint
-from mt.config import DecodeConfig, ModelConfig
-from mt.model import Seq2Seq
+from mt.config import DecodeConfig
 from mt.server import TranslationWorker, create_app, is_loopback, load_workers, serve
 from mt.translator import Translator
 
@@ -37,23 +35,21 @@ STARTUP_SECONDS = 120  # a busy 2-core machine imports torch slowly
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory, tokenizers) -> dict[str, Path]:
+def checkpoints(tmp_path_factory, tiny_checkpoint) -> dict[str, Path]:
     """Tiny untrained models: de->en with attention, en->de without."""
     directory = tmp_path_factory.mktemp("serve-models")
     paths = {}
     for name, attention, seed in (("de-en", "bahdanau", 0), ("en-de", "none", 1)):
-        torch.manual_seed(seed)
-        vocabulary = (tokenizers.source.vocab_size, tokenizers.target.vocab_size)
-        config = ModelConfig(
-            *vocabulary, embedding_size=16, hidden_size=24, num_layers=1, dropout=0.0, attention=attention
-        )
         source, target = name.split("-")
         paths[name] = directory / name
-        save_checkpoint(
+        tiny_checkpoint(
             paths[name] / "model.safetensors",
-            Seq2Seq(config),
-            tokenizers,
-            {"source_language": source, "target_language": target},
+            source,
+            target,
+            seed,
+            embedding_size=16,
+            hidden_size=24,
+            attention=attention,
         )
     return paths
 

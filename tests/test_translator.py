@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -15,17 +14,9 @@ DECODE = DecodeConfig(beam_size=2, max_length_offset=3)
 
 
 @pytest.fixture(scope="module")
-def translator(tokenizers) -> Translator:
-    torch.manual_seed(0)
-    config = ModelConfig(
-        src_vocab_size=tokenizers.source.vocab_size,
-        tgt_vocab_size=tokenizers.target.vocab_size,
-        embedding_size=16,
-        hidden_size=24,
-        num_layers=1,
-        attention="luong",
-    )
-    return Translator(Seq2Seq(config).eval(), tokenizers, source_language="de", max_tokens=12)
+def translator(tiny_model, tokenizers) -> Translator:
+    model = tiny_model(embedding_size=16, hidden_size=24, attention="luong")
+    return Translator(model, tokenizers, source_language="de", max_tokens=12)
 
 
 @pytest.mark.parametrize(
@@ -113,19 +104,15 @@ def test_long_inputs_are_cut_into_pieces_that_fit_and_concatenate_back(translato
     assert all(len(tokenizers.source.encode([piece])[0]) <= translator.max_tokens for piece in pieces)
 
 
-def test_an_ensemble_of_checkpoints_with_different_tokenizers_is_refused(tmp_path, tokenizers, corpus_pairs):
+def test_an_ensemble_of_checkpoints_with_different_tokenizers_is_refused(tmp_path, tiny_checkpoint, corpus_pairs):
     from mt.checkpoint import save_checkpoint
     from mt.config import MTError
     from mt.tokenizer import TokenizerPair, train_sentencepiece
 
     other = train_sentencepiece([text for pair in corpus_pairs for text in pair], vocab_size=60)
-    paths = []
-    for name, pair in (("a", tokenizers), ("b", TokenizerPair(other, other))):
-        config = ModelConfig(
-            pair.source.vocab_size, pair.target.vocab_size, embedding_size=8, hidden_size=8, num_layers=1
-        )
-        save_checkpoint(tmp_path / f"{name}.safetensors", Seq2Seq(config), pair, {})
-        paths.append(tmp_path / f"{name}.safetensors")
+    config = ModelConfig(other.vocab_size, other.vocab_size, embedding_size=8, hidden_size=8, num_layers=1)
+    paths = [tiny_checkpoint(tmp_path / "a.safetensors"), tmp_path / "b.safetensors"]
+    save_checkpoint(paths[1], Seq2Seq(config), TokenizerPair(other, other), {})
     with pytest.raises(MTError, match="share one vocabulary"):
         Translator.from_checkpoints(paths)
     ensemble = Translator.from_checkpoints([paths[0], paths[0]])

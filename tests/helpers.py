@@ -1,0 +1,55 @@
+"""What the tests that run `mt` as a user does share: the command, an offline
+one-thread environment, and the check of a user error's one `error:` line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def mt_command() -> list[str]:
+    """The installed console script next to this interpreter, else `python -m mt`."""
+    script = Path(sys.executable).parent / "mt"
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "mt"]
+
+
+# One thread: the models are tiny, and on a busy machine OpenMP's spinning threads
+# make a two-thread run many times slower than a one-thread run.
+ENV = {
+    **os.environ,
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "PYTHONIOENCODING": "utf-8",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
+
+
+def run_mt(*args, stdin: bytes | str | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+    """`mt ARGS` in a process of its own with stdin from a pipe (so never a tty); text
+    in and out when `stdin` is text or absent, bytes when it is bytes."""
+    text = not isinstance(stdin, bytes)
+    return subprocess.run(
+        [*mt_command(), *map(str, args)],
+        input=stdin if stdin is not None else "",
+        capture_output=True,
+        text=text,
+        encoding="utf-8" if text else None,
+        env=ENV,
+        timeout=timeout,
+    )
+
+
+def assert_one_line_error(exit_code: int, stderr: str, *fragments: str) -> str:
+    """A user error: non-zero exit, exactly one `error:` line on stderr holding every fragment, no traceback."""
+    assert exit_code != 0, f"expected failure, got exit 0; stderr={stderr!r}"
+    assert "Traceback" not in stderr
+    lines = stderr.strip("\n").splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), f"expected one error line, got {lines!r}"
+    for fragment in fragments:
+        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+    return lines[0]
