@@ -8,7 +8,7 @@ SHARED_MULTI30K := $(SHARED_DATA)/multi30k
 #   make install TORCH="torch --index-url https://download.pytorch.org/whl/cpu"
 TORCH ?= torch==2.13.0
 
-.PHONY: install data translate test lint serve bench bench-memory bench-serve clean
+.PHONY: install data translate test lint serve bench bench-memory bench-serve bench-pipeline clean
 
 install: $(VENV)/.installed
 
@@ -63,6 +63,10 @@ bench-memory: install
 # mt serve under 1, 8 and 32 concurrent clients, with and without batching; runs/bench/serve_load.json.
 bench-serve: data
 	$(BIN)/python bench/serve_load.py
+
+# mt translate in pipelines: streaming vs whole-input throughput, peak memory of 2-200 MB pipes.
+bench-pipeline: data
+	$(BIN)/python bench/pipeline.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
