@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
+from unittest import mock
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -188,7 +189,10 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu", with_extra: 
     path = resolve(path)
     with _opened(path) as (handle, metadata):
         config, info = _header(path, metadata)
-        with torch.device("meta"):  # shapes only, no memory
+        # Shapes only, no memory. On the meta device normal_ (nn.Embedding's initialiser)
+        # runs torch's Python reference, whose first call imports torch._dynamo (1.6 s of
+        # every cold start): skipped, since a meta tensor holds no values anyway.
+        with torch.device("meta"), mock.patch.object(torch.Tensor, "normal_", lambda tensor, *_, **__: tensor):
             expected_shapes = {name: tuple(t.shape) for name, t in Seq2Seq(config).state_dict().items()}
         for name in handle.keys():
             if not name.startswith(("tokenizer.", "trainer.")):
