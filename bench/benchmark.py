@@ -68,18 +68,26 @@ def training_flops_per_token(config) -> tuple[float, float]:
     return 6.0 * stack, 6.0 * (stack + readout)
 
 
+# The attention model of the de-en recipe (README): what the CPU speed work measures.
+ATTENTION_RECIPE = {"attention": "bahdanau", "bidirectional": True, "hidden_size": 448}
+
+
 @phase
 def training(options: dict) -> dict:
-    """Updates of the default model config for `seconds`: mt's trainer (length-bucketed
-    batches) or the textbook loop (shuffled batches of a fixed number of sentences)."""
+    """Updates for `seconds` of the default model config, or of the attention recipe
+    (`"recipe": "attention"`: Bahdanau attention, bidirectional encoder, H 448):
+    mt's trainer (length-bucketed batches), the same with the previous loss
+    (`"loop": "mt_previous_loss"`: the full (B*T, V) logits, then F.cross_entropy),
+    or the textbook loop (shuffled batches of a fixed number of sentences)."""
     import datasets
     import torch
     import torch.nn.functional as F
 
+    from mt import train
     from mt.checkpoint import load_checkpoint
     from mt.config import ModelConfig, TrainConfig
     from mt.data import collate, load_corpus, make_batches, tokenize_corpus
-    from mt.train import Trainer
+    from mt.train import Trainer, label_smoothed_loss
 
     datasets.disable_progress_bars()
     tokenizers = load_checkpoint(options["tokenizer_model"]).tokenizers
@@ -87,7 +95,14 @@ def training(options: dict) -> dict:
     corpus = tokenize_corpus(
         load_corpus(options["train"], options["src"], options["tgt"]), tokenizers, train_config.max_length
     )
-    config = ModelConfig(src_vocab_size=tokenizers.source.vocab_size, tgt_vocab_size=tokenizers.target.vocab_size)
+    recipe = ATTENTION_RECIPE if options.get("recipe") == "attention" else {}
+    config = ModelConfig(
+        src_vocab_size=tokenizers.source.vocab_size, tgt_vocab_size=tokenizers.target.vocab_size, **recipe
+    )
+    if options["loop"] == "mt_previous_loss":  # the loss of mt before the chunked output layer
+        train.output_loss = lambda decoder, features, target, smoothing, pad_id: label_smoothed_loss(
+            decoder.logits(features), target, smoothing, pad_id
+        )
     with tempfile.TemporaryDirectory() as scratch:
         trainer = Trainer(
             config, train_config, tokenizers, corpus, {"none": ([], [])}, Path(scratch), torch.device("cpu"), {}
@@ -96,7 +111,7 @@ def training(options: dict) -> dict:
     bucketed = make_batches(corpus.lengths, train_config.batch_tokens, torch.Generator().manual_seed(1))
     sentences_per_batch = round(len(corpus) / len(bucketed))
 
-    if options["loop"] == "mt":
+    if options["loop"] in ("mt", "mt_previous_loss"):
         batches = bucketed
 
         def step(indices: torch.Tensor) -> None:
@@ -289,6 +304,10 @@ def table(results: dict) -> str:
         f"| training speed-up over the textbook loop | {train['tokens_per_second'] / naive['tokens_per_second']:.2f}x |",
         f"| training peak memory (mt / textbook) | {train['peak_rss_mb']:.0f} / {naive['peak_rss_mb']:.0f} MB |",
     ]
+    attention, previous = results["attention_training"], results["attention_training_previous"]
+    rows += [
+        f"| training, attention recipe ({attention['parameters']:,} parameters), mt / previous loss | {attention['tokens_per_second']:,.0f} / {previous['tokens_per_second']:,.0f} tokens/s ({attention['tokens_per_second'] / previous['tokens_per_second']:.2f}x), peak {attention['peak_rss_mb']:.0f} / {previous['peak_rss_mb']:.0f} MB |",
+    ]
     for key, label in (
         ("greedy", "greedy"),
         ("beam5", "beam 5"),
@@ -355,6 +374,9 @@ def main(
     results["matmul_peak"] = run_phase("matmul_peak", {"seconds": peak_seconds})
     results["training"] = run_phase("training", {**training_options, "loop": "mt"})
     results["textbook_training"] = run_phase("training", {**training_options, "loop": "textbook"})
+    attention = {**training_options, "recipe": "attention"}
+    results["attention_training"] = run_phase("training", {**attention, "loop": "mt"})
+    results["attention_training_previous"] = run_phase("training", {**attention, "loop": "mt_previous_loss"})
     for key, beam, quantize in (
         ("greedy", 1, False),
         ("beam5", 5, False),

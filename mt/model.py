@@ -210,23 +210,32 @@ class Decoder(nn.Module):
         self.tie_embeddings = config.tie_embeddings
         self.readout = nn.Linear(hidden, config.embedding_size if config.tie_embeddings else config.tgt_vocab_size)
         self.output_bias = nn.Parameter(torch.zeros(config.tgt_vocab_size)) if config.tie_embeddings else None
+        self.quantized_output: nn.Module | None = None  # set by `quantize_int8`
+
+    def output_layer(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """features (..., H) -> the V-way output layer's input (..., D), weight (V, D)
+        and bias (V,): logits = input @ weight.T + bias (D is E when tied, else H)."""
+        if self.tie_embeddings:
+            return self.readout(self.dropout(features)), self.embedding.weight, self.output_bias
+        return self.dropout(features), self.readout.weight, self.readout.bias
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """features (..., H) -> logits (..., V)."""
-        projected = self.readout(self.dropout(features))
-        if self.tie_embeddings:
-            return F.linear(projected, self.embedding.weight, self.output_bias)
-        return projected
+        if self.quantized_output is not None:  # int8 inference (`quantize_int8`)
+            return self.quantized_output(self.output_layer(features)[0])
+        return F.linear(*self.output_layer(features))
 
     def forward(
         self, target_in: torch.Tensor, state: DecoderState, source: EncoderOutput
     ) -> tuple[torch.Tensor, DecoderState, torch.Tensor | None]:
-        """target_in (B, T) -> logits (B, T, V), the new state, attention weights (B, T, S) or None."""
+        """target_in (B, T) -> features (B, T, H) for the output layer (the top RNN's
+        outputs, or with attention the attentional vectors), the new state,
+        attention weights (B, T, S) or None."""
         embedded = self.dropout(self.embedding(target_in))  # (B, T, E)
         if self.attention is None:
             # No attention, no input feeding: the whole target goes through the fused RNN at once.
             outputs, rnn_state = self.rnn(embedded, state.rnn)  # (B, T, H)
-            return self.logits(outputs), DecoderState(rnn_state, None), None
+            return outputs, DecoderState(rnn_state, None), None
         rnn_state, feed = state.rnn, state.feed
         features, weights = [], []
         for t in range(target_in.size(1)):  # unrolled in time: each step reads the last attentional vector
@@ -237,7 +246,7 @@ class Decoder(nn.Module):
             feed = torch.tanh(self.combine(torch.cat([context, hidden], dim=-1)))  # (B, H)
             features.append(feed)
             weights.append(step_weights)
-        return self.logits(torch.stack(features, 1)), DecoderState(rnn_state, feed), torch.stack(weights, 1)
+        return torch.stack(features, 1), DecoderState(rnn_state, feed), torch.stack(weights, 1)
 
 
 class Seq2Seq(nn.Module):
@@ -270,19 +279,22 @@ class Seq2Seq(nn.Module):
         return EncoderOutput(memory, keys, mask), DecoderState(state, feed)
 
     def forward(
-        self, source: torch.Tensor, lengths: torch.Tensor, target_in: torch.Tensor
+        self, source: torch.Tensor, lengths: torch.Tensor, target_in: torch.Tensor, features: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Teacher forcing: logits (B, T, V) of each next target token, and attention (B, T, S) or None."""
+        """Teacher forcing: logits (B, T, V) of each next target token (with
+        `features`, the output layer's features (B, T, H) instead, for a loss that
+        applies the layer itself), and attention (B, T, S) or None."""
         encoded, state = self.encode(source, lengths)
-        logits, _, attention = self.decoder(target_in, state, encoded)
-        return logits, attention
+        outputs, _, attention = self.decoder(target_in, state, encoded)
+        return (outputs if features else self.decoder.logits(outputs)), attention
 
     def decode_step(
         self, previous: torch.Tensor, state: DecoderState, source: EncoderOutput
     ) -> tuple[torch.Tensor, DecoderState, torch.Tensor | None]:
         """previous (B,) -> log-probabilities (B, V) of the next token, new state, attention (B, S) or None."""
-        logits, state, attention = self.decoder(previous[:, None], state, source)
-        return torch.log_softmax(logits[:, 0].float(), dim=-1), state, None if attention is None else attention[:, 0]
+        features, state, attention = self.decoder(previous[:, None], state, source)
+        logits = self.decoder.logits(features[:, 0])  # (B, V)
+        return torch.log_softmax(logits.float(), dim=-1), state, None if attention is None else attention[:, 0]
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -335,9 +347,9 @@ class Ensemble(nn.Module):
 
 def quantize_int8(model: Seq2Seq) -> Seq2Seq:
     """Turn `model`, in place, into a CPU inference model with int8 weights in its
-    LSTM/GRU/RNN and Linear layers (dynamic quantisation: activations are
-    quantised on the fly, per batch); returns it. The tied output projection
-    and the embeddings stay fp32."""
+    LSTM/GRU/RNN and Linear layers and its output layer (dynamic quantisation:
+    activations are quantised on the fly, per batch); returns it. The
+    embeddings stay fp32 (a tied output layer gets an int8 copy of its matrix)."""
     import warnings
 
     with warnings.catch_warnings():  # torch marks torch.ao.quantization deprecated in favour of torchao
@@ -348,4 +360,11 @@ def quantize_int8(model: Seq2Seq) -> Seq2Seq:
             raise MTError(
                 f"this torch ({torch.__version__}) has no dynamic int8 quantisation; translate without --quantize"
             ) from None
-        return quantize_dynamic(model.eval(), {nn.LSTM, nn.GRU, nn.RNN, nn.Linear}, dtype=torch.qint8, inplace=True)
+        quantize_dynamic(model.eval(), {nn.LSTM, nn.GRU, nn.RNN, nn.Linear}, dtype=torch.qint8, inplace=True)
+        decoder = model.decoder
+        if decoder.tie_embeddings:  # the V-way layer is the embedding matrix: quantise a copy of it
+            _, weight, bias = decoder.output_layer(torch.zeros(1, model.config.hidden_size))
+            output = nn.Linear(weight.size(1), weight.size(0))
+            output.weight, output.bias = nn.Parameter(weight.detach().clone()), nn.Parameter(bias.detach().clone())
+            decoder.quantized_output = quantize_dynamic(nn.Sequential(output), {nn.Linear}, dtype=torch.qint8)[0]
+        return model
