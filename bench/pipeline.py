@@ -87,7 +87,7 @@ def tiny_model(directory: Path, tokenizer_model: str) -> Path:
     )
     model = Seq2Seq(config)
     with torch.no_grad():
-        model.decoder.readout.bias[config.eos_id] = 100.0
+        model.decoder.output_bias[config.eos_id] = 100.0  # the (tied) output layer's bias
     path = directory / "tiny.safetensors"
     save_checkpoint(path, model, tokenizers, {"source_language": "de"})
     return path
