@@ -611,7 +611,7 @@ def test_translate_arguments_print_one_line_each(cli_model):
 
 
 def test_translate_pipe_of_more_than_256_lines_gives_one_line_each(cli_model):
-    """stdin is translated in chunks of 256 lines; the chunk border must not show."""
+    """A pipe is translated --buffer-size lines (256) at a time; the chunk border must not show."""
     sources = ["Ein Hund läuft.", "", "Eine Katze sitzt im Garten."] * 100
     stdin = "".join(line + "\n" for line in sources).encode("utf-8")
     result = _invoke(["translate", "--model", cli_model, "--device", "cpu", "--beam", "1"], input=stdin)
