@@ -22,22 +22,20 @@ def score(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, Any
     return results
 
 
-def significance(
-    systems: Sequence[Sequence[str]], references: Sequence[str], test: str = "bs", samples: int = 0
-) -> dict[str, Any]:
+def significance(systems: Sequence[Sequence[str]], references: Sequence[str], test: str = "bs") -> dict[str, Any]:
     """How sure the scores of `systems` (each a list of hypotheses) are. For each
     system, an entry of "systems": the bootstrap 95% confidence interval of BLEU,
     chrF and TER (mean +- ci) and, for every system after the first, the
     p-value of its difference from the first, by paired bootstrap resampling (`test="bs"`) or
-    approximate randomization (`"ar"`; Riezler and Maxwell 2005). `samples`: the
-    resamples or trials, 0 for sacreBLEU's defaults (1000 and 10,000); the seed is
-    sacreBLEU's (SACREBLEU_SEED, 12345), so a run repeats exactly."""
+    approximate randomization (`"ar"`; Riezler and Maxwell 2005), with sacreBLEU's
+    1,000 resamples or 10,000 trials and its seed (SACREBLEU_SEED, 12345): a run
+    repeats exactly."""
     from sacrebleu.metrics import BLEU, CHRF, TER
     from sacrebleu.significance import PairedTest
 
     named = [(str(index), list(hypotheses)) for index, hypotheses in enumerate(systems)]
     paired = PairedTest(
-        named, {"bleu": BLEU(), "chrf": CHRF(), "ter": TER()}, [list(references)], test, samples, n_ar_confidence=0
+        named, {"bleu": BLEU(), "chrf": CHRF(), "ter": TER()}, [list(references)], test, n_ar_confidence=0
     )
     signatures, table = paired()
     columns = [column for column in table if column != "System"]  # sacreBLEU's names: BLEU, chrF2, TER

@@ -363,8 +363,8 @@ def quantize_int8(model: Seq2Seq) -> Seq2Seq:
         quantize_dynamic(model.eval(), {nn.LSTM, nn.GRU, nn.RNN, nn.Linear}, dtype=torch.qint8, inplace=True)
         decoder = model.decoder
         if decoder.tie_embeddings:  # the V-way layer is the embedding matrix: quantise a copy of it
-            _, weight, bias = decoder.output_layer(torch.zeros(1, model.config.hidden_size))
-            output = nn.Linear(weight.size(1), weight.size(0))
-            output.weight, output.bias = nn.Parameter(weight.detach().clone()), nn.Parameter(bias.detach().clone())
+            output = nn.Linear(model.config.embedding_size, model.config.tgt_vocab_size)
+            output.weight = nn.Parameter(decoder.embedding.weight.detach().clone())
+            output.bias = nn.Parameter(decoder.output_bias.detach().clone())
             decoder.quantized_output = quantize_dynamic(nn.Sequential(output), {nn.Linear}, dtype=torch.qint8)[0]
         return model

@@ -15,7 +15,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
 import random
 import re
 import struct
@@ -26,6 +25,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import ENV, mt_command
 from typer.testing import CliRunner
 
 from mt.cli import app
@@ -34,31 +34,13 @@ from mt.cli import app
 # Helpers
 
 
-def _mt_command() -> list[str]:
-    """The installed console script next to this interpreter, else `python -m mt`."""
-    script = Path(sys.executable).parent / "mt"
-    if script.is_file() and os.access(script, os.X_OK):
-        return [str(script)]
-    return [sys.executable, "-m", "mt"]
-
-
-def _offline_env() -> dict[str, str]:
-    env = dict(os.environ)
-    # One thread: the models are tiny, and on a busy machine OpenMP's spinning
-    # threads make a two-thread run many times slower than a one-thread run.
-    env.update(
-        HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONIOENCODING="utf-8", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"
-    )
-    return env
-
-
 def _run_mt(args: list[str], stdin: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run the real console script with stdin from a pipe (so stdin is not a tty)."""
     return subprocess.run(
-        [*_mt_command(), *args],
+        [*mt_command(), *args],
         input=stdin if stdin is not None else b"",
         capture_output=True,
-        env=_offline_env(),
+        env=ENV,
         timeout=timeout,
     )
 
@@ -213,7 +195,7 @@ def _template_pairs(count: int = 220) -> list[tuple[str, str]]:
 
 @pytest.fixture(scope="module", autouse=True)
 def cli_one_torch_thread():
-    """Run this module's in-process commands on one CPU thread (see `_offline_env`)."""
+    """Run this module's in-process commands on one CPU thread (see `helpers.ENV`)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -640,11 +622,11 @@ def test_translate_a_line_longer_than_the_model_reads_is_translated_whole_in_pie
 def test_translate_into_a_closed_pipe_exits_without_traceback(cli_model):
     """`mt translate < in | head -0`: the reader is gone before the first write."""
     process = subprocess.Popen(
-        [*_mt_command(), "translate", "--model", str(cli_model), "--device", "cpu"],
+        [*mt_command(), "translate", "--model", str(cli_model), "--device", "cpu"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=_offline_env(),
+        env=ENV,
     )
     process.stdout.close()  # before the child has even imported torch
     _, stderr = process.communicate("Ein Hund läuft.\n".encode() * 50, timeout=120)
@@ -659,9 +641,7 @@ def test_translate_accepts_the_run_directory_holding_model_safetensors(cli_model
 
 
 def test_python_dash_m_mt_runs_the_same_app():
-    process = subprocess.run(
-        [sys.executable, "-m", "mt", "version"], capture_output=True, env=_offline_env(), timeout=60
-    )
+    process = subprocess.run([sys.executable, "-m", "mt", "version"], capture_output=True, env=ENV, timeout=60)
     assert process.returncode == 0, process.stderr.decode()
     assert re.fullmatch(r"\d+\.\d+\.\d+\S*\n", process.stdout.decode())
 
@@ -931,7 +911,7 @@ def test_dataset_that_does_not_exist_is_a_one_line_error(tmp_path):
             "--output",
             tmp_path / "tok",
         ],
-        env=_offline_env(),
+        env=ENV,
     )
     _assert_cli_error(result, "cannot load dataset", "no-such-user/no-such-dataset")
 

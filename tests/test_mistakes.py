@@ -8,11 +8,11 @@ import json
 import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import ENV, mt_command
 from safetensors import safe_open
 from safetensors.torch import save
 from typer.testing import CliRunner
@@ -20,8 +20,7 @@ from typer.testing import CliRunner
 from mt.cli import app
 from mt.train import bf16_supported
 
-MT = [sys.executable, "-m", "mt"]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+MT = mt_command()
 
 
 def invoke(*args, input=None):
