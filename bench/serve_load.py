@@ -12,6 +12,7 @@ read from /proc at the end of each mode. Writes JSON and prints a Markdown table
 
     python bench/serve_load.py                    # 2,000 requests per level (several minutes on 2 cores)
     python bench/serve_load.py --requests 200     # a quick look
+    python bench/serve_load.py --quantize --modes on --clients 1,32   # int8, batching only
 """
 
 from __future__ import annotations
@@ -37,11 +38,12 @@ STARTUP_SECONDS = 300
 DEFAULT_SOURCE = Path("data/multi30k/test_2016_flickr.de.gz")
 
 
-def reference_translations(model: str, sentences: list[str], beam: int) -> tuple[list[str], float]:
-    """`mt translate --beam N < file`'s lines, and the seconds it took."""
+def reference_translations(model: str, sentences: list[str], beam: int, quantize: bool) -> tuple[list[str], float]:
+    """`mt translate --beam N [--quantize] < file`'s lines, and the seconds it took."""
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "mt", "translate", "--model", model, "--beam", str(beam)],
+        [sys.executable, "-m", "mt", "translate", "--model", model, "--beam", str(beam)]
+        + (["--quantize"] if quantize else []),
         input="".join(s + "\n" for s in sentences),
         capture_output=True,
         text=True,
@@ -215,6 +217,8 @@ def main(
     clients: Annotated[str, typer.Option(help="Concurrency levels, comma-separated.")] = "1,8,32",
     beam: Annotated[int, typer.Option(help="Beam size of every request and of the reference.")] = 5,
     batch_wait_ms: Annotated[float, typer.Option(help="The server's wait for batch mates.")] = 5.0,
+    quantize: Annotated[bool, typer.Option(help="int8 weights in the server and the reference.")] = False,
+    modes: Annotated[str, typer.Option(help="Batching on, off or both: on,off.")] = "on,off",
     output: Annotated[Path, typer.Option(help="Where to write the JSON results.")] = Path("runs/bench/serve_load.json"),
 ):
     """Load-test `mt serve` with and without cross-request batching; print a Markdown table."""
@@ -223,18 +227,23 @@ def main(
     levels = [int(level) for level in clients.split(",")]
     if requests < 1 or not all(1 <= level <= 256 for level in levels):
         raise SystemExit("error: --requests must be >= 1 and each client level between 1 and 256")
+    if not set(modes.split(",")) <= {"on", "off"}:
+        raise SystemExit("error: --modes takes on, off or on,off")
     sentences = read_lines(source)
-    expected, reference_seconds = reference_translations(model, sentences, beam)
+    expected, reference_seconds = reference_translations(model, sentences, beam, quantize)
     results: dict[str, Any] = {
         "machine": machine(),
         "sentences": len(sentences),
         "beam": beam,
         "batch_wait_ms": batch_wait_ms,
+        "quantize": quantize,
         "reference_seconds": reference_seconds,
         "modes": [],
     }
-    for name, batching in (("on", True), ("off", False)):
-        server = Server({"models": [model, other_model], "batch_wait_ms": batch_wait_ms, "batching": batching})
+    for name in modes.split(","):
+        batching = name == "on"
+        options = {"models": [model, other_model], "batch_wait_ms": batch_wait_ms, "batching": batching}
+        server = Server({**options, "quantize": quantize})
         try:
             mode = {"name": name, "cold_start_seconds": first_answer(server, sentences[0]), "levels": []}
             for level in levels:
