@@ -63,7 +63,12 @@ def iter_lines(path: Path) -> Iterator[str]:
         with open_text(path) as handle:
             yield from decode_lines(handle, str(path))
     except (OSError, EOFError, zlib.error) as error:  # permissions, a corrupt or cut-off gzip stream
-        raise MTError(f"cannot read {path}: {getattr(error, 'strerror', None) or error}") from None
+        raise _unreadable(path, error) from None
+
+
+def _unreadable(path: Path, error: Exception) -> MTError:
+    """A file that cannot be read: permissions, a corrupt or cut-off gzip stream."""
+    return MTError(f"cannot read {path}: {getattr(error, 'strerror', None) or error}")
 
 
 def decode_lines(handle: BinaryIO, name: str) -> Iterator[str]:
@@ -85,7 +90,7 @@ def count_lines(path: Path) -> int:
                 count += block.count(b"\n")
                 last = block[-1:]
     except (OSError, EOFError, zlib.error) as error:
-        raise MTError(f"cannot read {path}: {getattr(error, 'strerror', None) or error}") from None
+        raise _unreadable(path, error) from None
     return count + (last != b"\n")
 
 

@@ -44,6 +44,13 @@ def run_mt(*args, stdin: bytes | str | None = None, timeout: float = 180) -> sub
     )
 
 
+def start_mt(*args, **pipes) -> subprocess.Popen:
+    """`mt ARGS` started in the offline environment, its stdin, stdout and stderr
+    pipes unless `pipes` says otherwise (e.g. `stdin=terminal`)."""
+    streams = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **pipes}
+    return subprocess.Popen([*mt_command(), *map(str, args)], env=ENV, **streams)
+
+
 def assert_one_line_error(exit_code: int, stderr: str, *fragments: str) -> str:
     """A user error: non-zero exit, exactly one `error:` line on stderr holding every fragment, no traceback."""
     assert exit_code != 0, f"expected failure, got exit 0; stderr={stderr!r}"

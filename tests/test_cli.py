@@ -25,7 +25,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import ENV, mt_command
+from helpers import ENV, mt_command, start_mt
 from typer.testing import CliRunner
 
 from mt.cli import app
@@ -621,13 +621,7 @@ def test_translate_a_line_longer_than_the_model_reads_is_translated_whole_in_pie
 
 def test_translate_into_a_closed_pipe_exits_without_traceback(cli_model):
     """`mt translate < in | head -0`: the reader is gone before the first write."""
-    process = subprocess.Popen(
-        [*mt_command(), "translate", "--model", str(cli_model), "--device", "cpu"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=ENV,
-    )
+    process = start_mt("translate", "--model", cli_model, "--device", "cpu")
     process.stdout.close()  # before the child has even imported torch
     _, stderr = process.communicate("Ein Hund läuft.\n".encode() * 50, timeout=120)
     assert b"Traceback" not in stderr, stderr.decode()

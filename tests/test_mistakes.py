@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ENV, mt_command
+from helpers import ENV, mt_command, start_mt
 from safetensors import safe_open
 from safetensors.torch import save
 from typer.testing import CliRunner
@@ -251,13 +251,7 @@ def test_the_prompt_goes_to_stderr_and_ctrl_c_exits_130(model):
     import signal
 
     controller, terminal = pty.openpty()  # stdin a terminal: the interactive prompt
-    process = subprocess.Popen(
-        [*MT, "translate", "--model", str(model), "--beam", "1"],
-        stdin=terminal,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=ENV,
-    )
+    process = start_mt("translate", "--model", model, "--beam", "1", stdin=terminal)
     os.write(controller, b"Der Hund ist rot .\n")
     line = process.stdout.readline()  # waits for the translation, no fixed sleep
     process.send_signal(signal.SIGINT)

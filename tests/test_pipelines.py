@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import ENV, assert_one_line_error, mt_command, run_mt
+from helpers import assert_one_line_error, run_mt, start_mt
 
 from mt.config import MTError
 from mt.streams import chunks
@@ -78,13 +78,7 @@ def _read_line(process: subprocess.Popen, timeout: float) -> str:
 
 def test_a_coprocess_gets_each_translation_while_its_stdin_stays_open(model, corpus_pairs):
     expected = run_mt("translate", "-m", model, "--beam", "2", *[de for de, _ in corpus_pairs[:2]]).stdout.splitlines()
-    process = subprocess.Popen(
-        [*mt_command(), "translate", "-m", str(model), "--beam", "2"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=ENV,
-    )
+    process = start_mt("translate", "-m", model, "--beam", "2")
     try:
         for (german, _), translation in zip(corpus_pairs[:2], expected):
             process.stdin.write(german.encode() + b"\n")
@@ -189,13 +183,7 @@ def test_ctrl_c_leaves_no_output_file_and_an_old_one_untouched(model, corpus_pai
     source = _write_lines(tmp_path / "in.de", _sentences(corpus_pairs, 200_000))
     target = tmp_path / "out.en"
     target.write_text("the previous translation\n")
-    process = subprocess.Popen(
-        [*mt_command(), "translate", "-m", str(model), "--beam", "1", "--buffer-size", "100"]
-        + ["-i", str(source), "-o", str(target)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=ENV,
-    )
+    process = start_mt("translate", "-m", model, "--beam", "1", "--buffer-size", "100", "-i", source, "-o", target)
     try:
         first = process.stderr.readline().decode()  # the first progress line: translating is under way
         assert first.startswith("translated 1,000/200,000"), first
