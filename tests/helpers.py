@@ -4,6 +4,7 @@ one-thread environment, and the check of a user error's one `error:` line."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -46,9 +47,15 @@ def run_mt(*args, stdin: bytes | str | None = None, timeout: float = 180) -> sub
 
 def start_mt(*args, **pipes) -> subprocess.Popen:
     """`mt ARGS` started in the offline environment, its stdin, stdout and stderr
-    pipes unless `pipes` says otherwise (e.g. `stdin=terminal`)."""
+    pipes unless `pipes` says otherwise (e.g. `stdin=terminal`). Ctrl-C (SIGINT) reaches
+    it even when the tests themselves run as a background job, which ignores SIGINT."""
     streams = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **pipes}
-    return subprocess.Popen([*mt_command(), *map(str, args)], env=ENV, **streams)
+    return subprocess.Popen(
+        [*mt_command(), *map(str, args)],
+        env=ENV,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        **streams,
+    )
 
 
 def assert_one_line_error(exit_code: int, stderr: str, *fragments: str) -> str:
