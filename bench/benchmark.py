@@ -25,6 +25,8 @@ from typing import Annotated, Any
 
 import typer
 
+from mt.config import TrainConfig
+
 app = typer.Typer(add_completion=False, rich_markup_mode=None)
 PHASES = {}
 
@@ -93,13 +95,13 @@ def training(options: dict) -> dict:
 
     from mt import train
     from mt.checkpoint import load_checkpoint
-    from mt.config import ModelConfig, TrainConfig
+    from mt.config import ModelConfig
     from mt.data import collate, load_corpus, make_batches, tokenize_corpus
     from mt.train import Trainer, label_smoothed_loss
 
     datasets.disable_progress_bars()
     tokenizers = load_checkpoint(options["tokenizer_model"]).tokenizers
-    train_config = TrainConfig()
+    train_config = TrainConfig(batch_tokens=options["batch_tokens"])
     corpus = tokenize_corpus(
         load_corpus(options["train"], options["src"], options["tgt"]), tokenizers, train_config.max_length
     )
@@ -351,6 +353,7 @@ def main(
     sentences: Annotated[int, typer.Option(help="Translate at most this many test sentences.")] = 1000,
     latency_sentences: Annotated[int, typer.Option(help="Sentences translated one at a time for latency.")] = 100,
     train_seconds: Annotated[float, typer.Option(help="Seconds of training for each training measurement.")] = 90.0,
+    batch_tokens: Annotated[int, typer.Option(help="Tokens per training batch.")] = TrainConfig.batch_tokens,
     peak_seconds: Annotated[float, typer.Option(help="Seconds of matrix products for each peak measurement.")] = 5.0,
     cold_runs: Annotated[int, typer.Option(help="Cold starts of `mt translate` to take the median of.")] = 3,
     output: Annotated[Path, typer.Option(help="Where to write the JSON results.")] = Path("runs/bench/benchmark.json"),
@@ -377,6 +380,7 @@ def main(
         "src": src,
         "tgt": tgt,
         "seconds": train_seconds,
+        "batch_tokens": batch_tokens,
     }
     results: dict[str, Any] = {"machine": machine(), "sentences": len(_test_set(common)[0])}
     results["matmul_peak"] = run_phase("matmul_peak", {"seconds": peak_seconds})

@@ -25,7 +25,7 @@ def test_benchmark_runs_on_a_tiny_slice_and_reports_every_measurement(tiny_check
     arguments = [
         "--model", model, "--tokenizer-model", model, "--train", corpus_prefix,
         "--test-src", f"{corpus_prefix}.de.gz", "--test-ref", f"{corpus_prefix}.en.gz",
-        "--sentences", 6, "--latency-sentences", 2, "--train-seconds", 0.5, "--peak-seconds", 0.2, "--cold-runs", 1,
+        "--sentences", 6, "--latency-sentences", 2, "--train-seconds", 0.5, "--batch-tokens", 64, "--peak-seconds", 0.2, "--cold-runs", 1,
         "--output", tmp_path / "bench.json",
     ]  # fmt: skip
     process = subprocess.run(
@@ -77,11 +77,11 @@ CORPUS_MEMORY = BENCHMARK.parent / "corpus_memory.py"
 def test_corpus_memory_benchmark_runs_the_commands_on_a_small_corpus(tmp_path):
     arguments = [
         "--pairs",
-        "5000",
+        "1000",
         "--steps",
         "2",
         "--max-sentences",
-        "4000",
+        "800",
         "--output",
         str(tmp_path / "memory.json"),
     ]
@@ -90,6 +90,6 @@ def test_corpus_memory_benchmark_runs_the_commands_on_a_small_corpus(tmp_path):
     )
     assert process.returncode == 0, process.stderr
     (row,) = json.loads((tmp_path / "memory.json").read_text())["rows"]
-    assert row["pairs"] == 5000 and row["updates"] == 2
+    assert row["pairs"] == 1000 and row["updates"] == 2
     for command in ("train_tokenizer", "train"):
         assert 0 < row[command]["peak_anonymous_mb"] <= row[command]["peak_rss_mb"], row[command]

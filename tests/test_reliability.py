@@ -158,6 +158,7 @@ def test_any_unicode_input_gives_one_single_line_output_per_input(tiny_translato
 # -- real processes: Ctrl-C and kill -9 during `mt train`, then resume ------------------------
 
 MT = [sys.executable, "-m", "mt"]
+STEPS = 100  # the whole run; it is stopped at its first checkpoint, at step 5
 
 
 def start_training(corpus_prefix: str, tokenizer_dir: Path, output: Path) -> subprocess.Popen:
@@ -166,7 +167,7 @@ def start_training(corpus_prefix: str, tokenizer_dir: Path, output: Path) -> sub
         *MT, "train", "--train", corpus_prefix, "--valid", corpus_prefix, "--src", "de", "--tgt", "en",
         "--tokenizer", str(tokenizer_dir), "--output", str(output), "--device", "cpu",
         "--embedding-size", "16", "--hidden-size", "24", "--layers", "1", "--batch-tokens", "120",
-        "--max-steps", "400", "--epochs", "1000", "--validate-every", "5", "--patience", "0",
+        "--max-steps", str(STEPS), "--epochs", "1000", "--validate-every", "5", "--patience", "0",
     ]  # fmt: skip
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -199,14 +200,14 @@ def test_training_killed_mid_run_resumes_from_its_last_checkpoint(corpus_prefix,
     else:
         assert process.returncode == -signal.SIGKILL
     interrupted_at = load_checkpoint(output / "last.safetensors", with_extra=True).info["trainer_state"]["step"]
-    assert 0 < interrupted_at < 400
+    assert 0 < interrupted_at < STEPS
 
     resumed = start_training(corpus_prefix, tokenizer_dir, output)
     _, stderr = resumed.communicate(timeout=240)
     assert resumed.returncode == 0, stderr
     assert f"resuming {output} at step {interrupted_at}" in " ".join(stderr.split())
     state = load_checkpoint(output / "last.safetensors", with_extra=True).info["trainer_state"]
-    assert state["finished"] and state["step"] == 400
+    assert state["finished"] and state["step"] == STEPS
 
 
 @pytest.mark.skipif(
