@@ -282,21 +282,12 @@ def train_cli(
     """
     from mt import distributed
     from mt.checkpoint import load_checkpoint
-    from mt.config import ModelConfig, TrainConfig
-    from mt.tokenizer import TokenizerPair
+    from mt.config import TrainConfig
     from mt.train import Interrupted, RunDirectory, Trainer, provenance
 
     train_config = _config(TrainConfig, ctx.params)
     parent = load_checkpoint(init_from) if init_from is not None else None
-    if parent is not None and _given(ctx, "tokenizer"):
-        raise MTError("--tokenizer cannot be combined with --init-from: the model keeps its checkpoint's tokenizer")
-    tokenizers = (
-        parent.tokenizers if parent else TokenizerPair.load(tokenizer or Path("data/tokenizers") / f"{src}-{tgt}")
-    )
-    vocab_sizes = {"src_vocab_size": tokenizers.source.vocab_size, "tgt_vocab_size": tokenizers.target.vocab_size}
-    model_config = _config(ModelConfig, {**ctx.params, **vocab_sizes})
-    if parent is not None:
-        model_config = _inherit_architecture(ctx, parent.model.config, model_config)
+    tokenizers, model_config = _model_to_train(ctx, parent)
     run = RunDirectory(output or Path("runs") / f"{src}-{tgt}")
     resume = run.check(overwrite)
     device_ = distributed.start(resolve_device(device))
@@ -332,6 +323,27 @@ def train_cli(
         err.print(f"last checkpoint: {result.last}")
     finally:
         distributed.stop()
+
+
+def _model_to_train(ctx: typer.Context, parent) -> tuple:
+    """The tokenizers and the model config of `mt train`: from the options and the
+    tokenizer directory, or from the --init-from checkpoint `parent`."""
+    from mt.config import ModelConfig
+    from mt.tokenizer import TokenizerPair
+
+    options = ctx.params
+    if parent is not None and _given(ctx, "tokenizer"):
+        raise MTError("--tokenizer cannot be combined with --init-from: the model keeps its checkpoint's tokenizer")
+    tokenizers = (
+        parent.tokenizers
+        if parent
+        else TokenizerPair.load(options["tokenizer"] or Path("data/tokenizers") / f"{options['src']}-{options['tgt']}")
+    )
+    vocab_sizes = {"src_vocab_size": tokenizers.source.vocab_size, "tgt_vocab_size": tokenizers.target.vocab_size}
+    model_config = _config(ModelConfig, {**options, **vocab_sizes})
+    if parent is not None:
+        model_config = _inherit_architecture(ctx, parent.model.config, model_config)
+    return tokenizers, model_config
 
 
 def _config(cls, options: dict):
