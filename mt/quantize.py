@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from mt.config import MTError
-from mt.model import Seq2Seq, State
+from mt.model import Seq2Seq
 
 # An input row scaled into [-1, 1] is stored as uint8 around zero point 64 with steps of
 # 2/127: at most 128, so that fbgemm's u8 x s8 pair sums cannot saturate 16 bits.
@@ -49,7 +49,7 @@ class Int8Linear(nn.Module):
             zero_points = torch.zeros(weight.size(0), dtype=torch.long)
             quantized = torch.quantize_per_channel(weight, scales, zero_points, 0, torch.qint8)
             self.packed = torch.ops.quantized.linear_prepack(quantized, None)
-        self.out_features, self.in_features = weight.shape
+        self.out_features = weight.size(0)
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
 
     @classmethod
@@ -118,35 +118,11 @@ class Int8RNN(nn.Module):
         return layer_input, ((hidden, torch.stack(final_c)) if self.cell == "lstm" else hidden)
 
 
-class SentenceBySentence(nn.Module):
-    """An encoder with torch's dynamic int8 layers, run on each sentence alone: they
-    scale their activations by the whole input they get, which is then the sentence's own."""
-
-    def __init__(self, encoder: nn.Module):
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(self, source: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, State]:
-        """source (B, S), lengths (B,) -> memory (B, S, H), final state (L, B, H), as the encoder's."""
-        encoded = [self.encoder(source[b : b + 1], lengths[b : b + 1]) for b in range(source.size(0))]
-        memory = torch.cat([memory for memory, _ in encoded])  # (B, S, H)
-        states = [state for _, state in encoded]
-        if isinstance(states[0], tuple):
-            return memory, tuple(torch.cat(parts, dim=1) for parts in zip(*states))
-        return memory, torch.cat(states, dim=1)
-
-
 def quantize_int8(model: Seq2Seq) -> Seq2Seq:
-    """Turn `model`, in place, into a CPU inference model with int8 weights in its
-    encoder and in its decoder's recurrent, attention and output layers; returns it.
-    The embeddings and Bahdanau's energy vector stay fp32."""
-    from torch.ao.quantization import quantize_dynamic
-
+    """Turn `model`, in place, into a CPU inference model whose decoder (recurrent
+    layers, attention, output layer) computes with int8 weights; returns it.
+    The embeddings, the encoder and Bahdanau's energy vector stay fp32."""
     model.eval()
-    with warnings.catch_warnings():  # torch marks torch.ao.quantization deprecated (in favour of torchao)
-        warnings.simplefilter("ignore")
-        quantize_dynamic(model.encoder, {nn.LSTM, nn.GRU, nn.RNN, nn.Linear}, dtype=torch.qint8, inplace=True)
-    model.encoder = SentenceBySentence(model.encoder)
     decoder = model.decoder
     # The V-way output layer: the embedding matrix when tied (an int8 copy of it), else the readout.
     weight, bias = decoder.output_layer(torch.zeros(1, model.config.hidden_size))[1:]

@@ -371,18 +371,15 @@ def test_concurrent_requests_share_batches_and_get_what_they_would_alone(
         assert counts["batches"] == len(bodies)
 
 
-@pytest.mark.parametrize("quantize", [False, True], ids=["fp32", "int8"])
 @pytest.mark.parametrize("name", ["de-en", "en-de"])
-def test_a_sentences_translation_does_not_depend_on_its_batch_mates(checkpoints, corpus_pairs, name, quantize):
-    """What makes the server's answers equal to `mt translate`'s, in fp32 and with --quantize."""
-    translator = Translator.from_checkpoint(checkpoints[name], quantize=quantize)
+def test_a_sentences_translation_does_not_depend_on_its_batch_mates(reference, corpus_pairs, name):
     side = 0 if name == "de-en" else 1
     sentences = [pair[side] for pair in corpus_pairs[::5]]
-    alone = [translator.translate_n_best([s], BEAM5, n_best=3)[0] for s in sentences]
-    together = translator.translate_n_best(sentences, BEAM5, n_best=3)
-    reversed_pairs = translator.translate_n_best(sentences[::-1] + sentences[:3], BEAM5, n_best=3)[: len(sentences)][
-        ::-1
-    ]
+    alone = [reference[name].translate_n_best([s], BEAM5, n_best=3)[0] for s in sentences]
+    together = reference[name].translate_n_best(sentences, BEAM5, n_best=3)
+    reversed_pairs = reference[name].translate_n_best(sentences[::-1] + sentences[:3], BEAM5, n_best=3)[
+        : len(sentences)
+    ][::-1]
     for own, *others in zip(alone, together, reversed_pairs):
         for other in others:
             assert [c.text for c in other] == [c.text for c in own]
