@@ -343,3 +343,28 @@ class Ensemble(nn.Module):
         ]
         log_probs = torch.stack([log_probs for log_probs, _, _ in steps]).mean(dim=0)  # (B, V)
         return log_probs, EnsembleState(tuple(new_state for _, new_state, _ in steps)), None
+
+
+def quantize_int8(model: Seq2Seq) -> Seq2Seq:
+    """Turn `model`, in place, into a CPU inference model with int8 weights in its
+    LSTM/GRU/RNN and Linear layers and its output layer (dynamic quantisation:
+    activations are quantised on the fly, per batch); returns it. The
+    embeddings stay fp32 (a tied output layer gets an int8 copy of its matrix)."""
+    import warnings
+
+    with warnings.catch_warnings():  # torch marks torch.ao.quantization deprecated in favour of torchao
+        warnings.simplefilter("ignore")
+        try:
+            from torch.ao.quantization import quantize_dynamic
+        except ImportError:
+            raise MTError(
+                f"this torch ({torch.__version__}) has no dynamic int8 quantisation; translate without --quantize"
+            ) from None
+        quantize_dynamic(model.eval(), {nn.LSTM, nn.GRU, nn.RNN, nn.Linear}, dtype=torch.qint8, inplace=True)
+        decoder = model.decoder
+        if decoder.tie_embeddings:  # the V-way layer is the embedding matrix: quantise a copy of it
+            output = nn.Linear(model.config.embedding_size, model.config.tgt_vocab_size)
+            output.weight = nn.Parameter(decoder.embedding.weight.detach().clone())
+            output.bias = nn.Parameter(decoder.output_bias.detach().clone())
+            decoder.quantized_output = quantize_dynamic(nn.Sequential(output), {nn.Linear}, dtype=torch.qint8)[0]
+        return model
