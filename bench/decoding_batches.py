@@ -5,7 +5,8 @@ K = 5 rows each) a decoder step reads every weight of the decoder once and
 does little arithmetic with each, so its time follows the bytes of the
 weights and the memory bandwidth, not the FLOPs. This prints the decoder's
 weight bytes per step (fp32; `--quantize` stores them in a quarter), the machine's read bandwidth
-from memory, and the seconds per batch of random test2016 sentences of
+from memory, the rate at which products of 5 rows read weight matrices (in and out of the
+cache), and the seconds per batch of random test2016 sentences of
 1, 8, 16 and 32 sentences at beam 5, fp32 against int8.
 
     python bench/decoding_batches.py
@@ -36,6 +37,21 @@ def read_bandwidth_gb_s(megabytes: int = 256) -> float:
     return runs * data.numel() * 4 / (time.perf_counter() - started) / 1e9
 
 
+def small_product_gb_s(matrices: int, rows: int = 5) -> float:
+    """GB/s of weights read by products of `rows` rows with `matrices` distinct 1,792 x 704
+    fp32 matrices (5 MB each, the shape of an LSTM layer's input weights), one after another."""
+    weights = [torch.randn(1792, 704) for _ in range(matrices)]
+    x = torch.randn(rows, 704)
+    for w in weights:
+        torch.nn.functional.linear(x, w)
+    runs, started = 0, time.perf_counter()
+    while time.perf_counter() - started < 0.5:
+        for w in weights:
+            torch.nn.functional.linear(x, w)
+        runs += 1
+    return runs * matrices * weights[0].numel() * 4 / (time.perf_counter() - started) / 1e9
+
+
 def decoder_megabytes(decoder: torch.nn.Module) -> float:
     """MB of the fp32 weights a decoder step reads: every parameter but the input
     embedding's lookup, plus the embedding matrix again when it is the tied output layer."""
@@ -53,6 +69,8 @@ def main() -> None:
     with gzip.open(ROOT / "data" / "multi30k" / "test_2016_flickr.de.gz", "rt", encoding="utf-8") as lines:
         sentences = [line.strip() for line in lines]
     print(f"torch threads {torch.get_num_threads()}, read bandwidth {read_bandwidth_gb_s():.1f} GB/s")
+    rates = ", ".join(f"{n} x 5 MB: {small_product_gb_s(n):.1f}" for n in (1, 2, 4, 8))
+    print(f"5-row products stream their weights at (GB/s) {rates}")
     decode = DecodeConfig(beam_size=5)
     for quantize in (False, True):
         translator = Translator.from_checkpoint(Path(model), quantize=quantize)
