@@ -58,10 +58,12 @@ def start_mt(*args, **pipes) -> subprocess.Popen:
     )
 
 
-def assert_one_line_error(exit_code: int, stderr: str, *fragments: str) -> str:
-    """A user error: non-zero exit, exactly one `error:` line on stderr holding every fragment, no traceback."""
+def assert_one_line_error(exit_code: int, stderr: str, *fragments: str, stdout: str | None = None) -> str:
+    """A user error: non-zero exit, exactly one `error:` line on stderr holding every
+    fragment, no traceback; with `stdout`, also nothing on stdout."""
     assert exit_code != 0, f"expected failure, got exit 0; stderr={stderr!r}"
     assert "Traceback" not in stderr
+    assert stdout is None or stdout == "", f"expected nothing on stdout, got {stdout!r}"
     lines = stderr.strip("\n").splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), f"expected one error line, got {lines!r}"
     for fragment in fragments:

@@ -25,24 +25,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import ENV, mt_command, start_mt
+from helpers import ENV, assert_one_line_error, run_mt, start_mt
 from typer.testing import CliRunner
 
 from mt.cli import app
 
 # --------------------------------------------------------------------------
 # Helpers
-
-
-def _run_mt(args: list[str], stdin: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run the real console script with stdin from a pipe (so stdin is not a tty)."""
-    return subprocess.run(
-        [*mt_command(), *args],
-        input=stdin if stdin is not None else b"",
-        capture_output=True,
-        env=ENV,
-        timeout=timeout,
-    )
 
 
 def _invoke(args: list, input: str | bytes | None = None, env: dict[str, str] | None = None):
@@ -64,29 +53,15 @@ def _write_pair(prefix: Path, source: list[str] | bytes, target: list[str] | byt
     return str(prefix)
 
 
-def _assert_one_line_error(exit_code: int, stdout: str, stderr: str, *fragments: str) -> str:
-    """A user error: non-zero exit, one `error:` line on stderr, nothing on stdout, no traceback."""
-    assert exit_code != 0, f"expected failure, got exit 0; stdout={stdout!r} stderr={stderr!r}"
-    assert "Traceback" not in stdout + stderr
-    assert stdout == ""
-    lines = stderr.strip("\n").splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got {lines!r}"
-    assert lines[0].startswith("error: "), lines[0]
-    for fragment in fragments:
-        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
-    return lines[0]
-
-
 def _assert_cli_error(result, *fragments: str) -> str:
     # An exception escaping the command would show up here instead of SystemExit.
     assert type(result.exception) is SystemExit, f"unexpected exception {result.exception!r}"
-    return _assert_one_line_error(result.exit_code, result.stdout, result.stderr, *fragments)
+    return assert_one_line_error(result.exit_code, result.stderr, *fragments, stdout=result.stdout)
 
 
 def _assert_process_error(process: subprocess.CompletedProcess, *fragments: str) -> str:
-    return _assert_one_line_error(
-        process.returncode, process.stdout.decode("utf-8"), process.stderr.decode("utf-8"), *fragments
-    )
+    stdout = process.stdout.decode("utf-8")
+    return assert_one_line_error(process.returncode, process.stderr.decode("utf-8"), *fragments, stdout=stdout)
 
 
 def _digest(path: Path) -> str:
@@ -362,12 +337,10 @@ def test_train_prints_no_python_warnings(cli_corpus, cli_tokenizer, tmp_path):
     """A Python warning from inside mt is noise on the user's terminal. A fresh
     process, because torch gives some warnings only once per process."""
     assert cli_tokenizer.result.exit_code == 0
-    process = _run_mt(
-        [
-            "train", "--train", cli_corpus.train, "--valid", cli_corpus.valid, "--tokenizer", str(cli_tokenizer.directory),
-            "--output", str(tmp_path / "run"), "--embedding-size", "8", "--hidden-size", "8", "--layers", "1",
-            "--batch-tokens", "400", "--max-steps", "2", "--device", "cpu",
-        ]
+    process = run_mt(
+        "train", "--train", cli_corpus.train, "--valid", cli_corpus.valid, "--tokenizer", cli_tokenizer.directory,
+        "--output", tmp_path / "run", "--embedding-size", 8, "--hidden-size", 8, "--layers", 1,
+        "--batch-tokens", 400, "--max-steps", 2, "--device", "cpu", stdin=b"",
     )  # fmt: skip
     stderr = process.stderr.decode("utf-8")
     assert process.returncode == 0, stderr
@@ -457,13 +430,13 @@ def test_evaluate_json_prints_one_object_with_scores_and_signatures(cli_corpus, 
 
 def test_evaluate_and_translate_quantized_give_one_line_each_and_no_warnings(cli_corpus, cli_model):
     arguments = ["--model", str(cli_model), "--quantize", "--device", "cpu"]
-    process = _run_mt(
-        ["evaluate", "--src", str(cli_corpus.valid_src), "--ref", str(cli_corpus.valid_ref), "--json", *arguments]
+    process = run_mt(
+        "evaluate", "--src", cli_corpus.valid_src, "--ref", cli_corpus.valid_ref, "--json", *arguments, stdin=b""
     )
     assert process.returncode == 0, process.stderr
     assert json.loads(process.stdout)["quantize"] is True
     assert process.stderr.decode() == ""
-    process = _run_mt(["translate", *arguments], stdin=b"ein hund\n\nzwei katzen\n")
+    process = run_mt("translate", *arguments, stdin=b"ein hund\n\nzwei katzen\n")
     assert process.returncode == 0, process.stderr
     assert len(process.stdout.decode().splitlines()) == 3 and process.stdout.decode().splitlines()[1] == ""
     assert process.stderr.decode() == ""
@@ -546,7 +519,7 @@ PIPE_LINES = [
 
 def test_translate_pipe_gives_one_line_per_input_line_in_order(cli_model):
     stdin = "".join(line + "\n" for line in PIPE_LINES).encode("utf-8")
-    process = _run_mt(["translate", "--model", str(cli_model), "--device", "cpu", "--beam", "2"], stdin=stdin)
+    process = run_mt("translate", "--model", str(cli_model), "--device", "cpu", "--beam", "2", stdin=stdin)
     assert process.returncode == 0, process.stderr.decode()
     assert b"Traceback" not in process.stderr
     out = process.stdout.decode("utf-8")
@@ -562,14 +535,14 @@ def test_translate_pipe_gives_one_line_per_input_line_in_order(cli_model):
 
     # Order: the same lines reversed come out reversed.
     reversed_stdin = "".join(line + "\n" for line in reversed(PIPE_LINES)).encode("utf-8")
-    process = _run_mt(["translate", "--model", str(cli_model), "--device", "cpu", "--beam", "2"], stdin=reversed_stdin)
+    process = run_mt("translate", "--model", str(cli_model), "--device", "cpu", "--beam", "2", stdin=reversed_stdin)
     assert process.returncode == 0, process.stderr.decode()
     assert process.stdout.decode("utf-8").split("\n")[:-1] == lines[::-1]
 
 
 def test_translate_pipe_keeps_a_last_line_without_newline_and_crlf(cli_model):
     stdin = b"Ein Hund l\xc3\xa4uft im Park.\r\n\r\nEine Katze sitzt im Garten."
-    process = _run_mt(["translate", "--model", str(cli_model), "--device", "cpu"], stdin=stdin)
+    process = run_mt("translate", "--model", str(cli_model), "--device", "cpu", stdin=stdin)
     assert process.returncode == 0, process.stderr.decode()
     lines = process.stdout.decode("utf-8").split("\n")
     assert lines[-1] == "" and len(lines) == 4, lines
@@ -577,7 +550,7 @@ def test_translate_pipe_keeps_a_last_line_without_newline_and_crlf(cli_model):
 
 
 def test_translate_empty_pipe_prints_nothing(cli_model):
-    process = _run_mt(["translate", "--model", str(cli_model), "--device", "cpu"], stdin=b"")
+    process = run_mt("translate", "--model", str(cli_model), "--device", "cpu", stdin=b"")
     assert process.returncode == 0, process.stderr.decode()
     assert process.stdout == b""
 
@@ -794,7 +767,7 @@ def test_train_dropout_out_of_range_names_the_valid_range(cli_corpus, cli_tokeni
 def test_translate_missing_checkpoint_from_console_script_has_no_traceback(tmp_path):
     """The same check outside CliRunner: the real process, real stderr."""
     missing = tmp_path / "missing.safetensors"
-    process = _run_mt(["translate", "--model", str(missing), "--device", "cpu"], stdin=b"Ein Hund.\n")
+    process = run_mt("translate", "--model", str(missing), "--device", "cpu", stdin=b"Ein Hund.\n")
     _assert_process_error(process, "checkpoint not found", str(missing))
 
 
@@ -985,9 +958,7 @@ def test_odd_input_lines_each_get_exactly_one_output_line(cli_model):
         "Ein Hund läuft. " * 400,
         "\u200b\u200e\ufeff",
     ]
-    process = _run_mt(
-        ["translate", "--model", str(cli_model), "--device", "cpu"], stdin="\n".join(lines).encode() + b"\n"
-    )
+    process = run_mt("translate", "--model", cli_model, "--device", "cpu", stdin="\n".join(lines).encode() + b"\n")
     assert process.returncode == 0, process.stderr.decode()
     out = process.stdout.decode("utf-8").split("\n")
     assert out[-1] == "" and len(out) - 1 == len(lines)

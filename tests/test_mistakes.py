@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ENV, mt_command, start_mt
+from helpers import ENV, assert_one_line_error, mt_command, run_mt, start_mt
 from safetensors import safe_open
 from safetensors.torch import save
 from typer.testing import CliRunner
@@ -30,18 +30,6 @@ def invoke(*args, input=None):
 def in_shell(command: str, **options) -> subprocess.CompletedProcess:
     """A shell command line (for its redirections and pipes), text in and out."""
     return subprocess.run(command, shell=True, env=ENV, capture_output=True, text=True, **options)
-
-
-def run(*args, **options) -> subprocess.CompletedProcess:
-    return subprocess.run([*MT, *map(str, args)], env=ENV, capture_output=True, text=True, timeout=180, **options)
-
-
-def assert_one_line_error(stderr: str, exit_code: int, *fragments: str) -> None:
-    assert exit_code != 0
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +54,7 @@ def test_evaluate_refuses_to_write_its_output_over_an_input(model, texts, which)
     result = invoke(
         "evaluate", "--model", model, "--src", texts[0], "--ref", texts[1], "--output", texts[which], "--device", "cpu"
     )
-    assert_one_line_error(result.stderr, result.exit_code, "destroy the input")
+    assert_one_line_error(result.exit_code, result.stderr, "destroy the input")
     assert texts[which].read_bytes() == before
 
 
@@ -77,7 +65,7 @@ def test_evaluate_refuses_a_device_a_fifo_and_dash_as_output_and_writes_through_
         result = invoke(
             "evaluate", "--model", model, "--src", texts[0], "--ref", texts[1], "--output", output, "--device", "cpu"
         )
-        assert_one_line_error(result.stderr, result.exit_code, "--output")
+        assert_one_line_error(result.exit_code, result.stderr, "--output")
     assert Path("/dev/null").is_char_device() and fifo.is_fifo() and not Path("-").exists()
     target, link = tmp_path / "translations.txt", tmp_path / "link.txt"
     target.write_text("old\n")
@@ -94,7 +82,7 @@ def test_evaluate_refuses_a_device_a_fifo_and_dash_as_output_and_writes_through_
 
 def test_a_beam_wider_than_the_bound_is_refused_and_the_bound_is_in_the_message(model):
     result = invoke("translate", "--model", model, "--beam", "100000", "Ein Hund.")
-    assert_one_line_error(result.stderr, result.exit_code, "beam_size", "<= 100")
+    assert_one_line_error(result.exit_code, result.stderr, "beam_size", "<= 100")
 
 
 @pytest.mark.parametrize(
@@ -104,13 +92,13 @@ def test_a_beam_wider_than_the_bound_is_refused_and_the_bound_is_in_the_message(
 def test_nan_is_refused_for_every_training_number(tmp_path, tokenizers, option):
     tokenizers.save(tmp_path / "tokenizer")
     result = invoke("train", "--output", tmp_path / "run", "--tokenizer", tmp_path / "tokenizer", option, "nan")
-    assert_one_line_error(result.stderr, result.exit_code, "finite")
+    assert_one_line_error(result.exit_code, result.stderr, "finite")
     assert not (tmp_path / "run").exists()
 
 
 def test_nan_length_penalty_is_refused(model):
     result = invoke("translate", "--model", model, "--length-penalty", "nan", "Ein Hund.")
-    assert_one_line_error(result.stderr, result.exit_code, "finite")
+    assert_one_line_error(result.exit_code, result.stderr, "finite")
 
 
 # -- tampered checkpoints --------------------------------------------------------------
@@ -147,20 +135,20 @@ def tampered(model: Path, tmp_path: Path, **changes) -> Path:
 def test_tampered_checkpoint_metadata_is_a_one_line_error_before_any_allocation(model, tmp_path, changes, fragment):
     path = tampered(model, tmp_path, **changes)
     result = invoke("translate", "--model", path, "Ein Hund.")
-    assert_one_line_error(result.stderr, result.exit_code, fragment)
+    assert_one_line_error(result.exit_code, result.stderr, fragment)
 
 
 def test_a_fifo_as_model_is_refused_without_waiting(tmp_path):
     fifo = tmp_path / "model.safetensors"
     os.mkfifo(fifo)
-    process = run("translate", "--model", fifo, "Ein Hund.")
-    assert_one_line_error(process.stderr, process.returncode, "not a regular file")
+    process = run_mt("translate", "--model", fifo, "Ein Hund.")
+    assert_one_line_error(process.returncode, process.stderr, "not a regular file")
 
 
 def test_a_run_directory_as_model_points_to_its_best_checkpoint(model, tmp_path):
     (tmp_path / "best.safetensors").write_bytes(model.read_bytes())
     result = invoke("translate", "--model", tmp_path, "Ein Hund.")
-    assert_one_line_error(result.stderr, result.exit_code, "best.safetensors")
+    assert_one_line_error(result.exit_code, result.stderr, "best.safetensors")
 
 
 # -- standard streams ------------------------------------------------------------------
@@ -175,7 +163,7 @@ def test_closed_stdin_and_stdout_give_no_traceback(model):
 
 def test_translate_closed_stdin_is_a_one_line_error(model):
     shell = in_shell(f"{' '.join(MT)} translate --model {model} <&-", timeout=180)
-    assert_one_line_error(shell.stderr, shell.returncode, "standard input is closed")
+    assert_one_line_error(shell.returncode, shell.stderr, "standard input is closed")
 
 
 def test_a_closed_pipe_downstream_is_a_quiet_normal_end(model):
@@ -185,8 +173,8 @@ def test_a_closed_pipe_downstream_is_a_quiet_normal_end(model):
 
 
 def test_dash_means_standard_input(model):
-    dash = run("translate", "--model", model, "--beam", "1", "-", input="Der Hund ist rot .\n")
-    piped = run("translate", "--model", model, "--beam", "1", input="Der Hund ist rot .\n")
+    dash = run_mt("translate", "--model", model, "--beam", "1", "-", stdin="Der Hund ist rot .\n")
+    piped = run_mt("translate", "--model", model, "--beam", "1", stdin="Der Hund ist rot .\n")
     assert dash.returncode == 0 and dash.stdout == piped.stdout and dash.stdout.count("\n") == 1
 
 
@@ -202,22 +190,22 @@ def test_dash_means_standard_input(model):
     ],
 )
 def test_click_usage_errors_are_one_error_line(arguments, fragment):
-    process = run(*arguments)
-    assert_one_line_error(process.stderr, process.returncode, fragment)
+    process = run_mt(*arguments)
+    assert_one_line_error(process.returncode, process.stderr, fragment)
 
 
 def test_inspect_log_that_is_not_utf8_is_a_one_line_error(model, tmp_path):
     log = tmp_path / "log.jsonl"
     log.write_bytes(b'\xff\xfe{"step": 1}\n')
     result = invoke("inspect", "--model", model, "--log", log, "--output", tmp_path / "inspect")
-    assert_one_line_error(result.stderr, result.exit_code, "not valid UTF-8")
+    assert_one_line_error(result.exit_code, result.stderr, "not valid UTF-8")
 
 
 def test_inspect_sources_and_references_of_different_lengths_are_refused(model, texts, tmp_path):
     short = tmp_path / "short.en"
     short.write_text("The dog .\n")
     result = invoke("inspect", "--model", model, "--src", texts[0], "--ref", short, "--output", tmp_path / "inspect")
-    assert_one_line_error(result.stderr, result.exit_code, "5 lines", "1")
+    assert_one_line_error(result.exit_code, result.stderr, "5 lines", "1")
 
 
 @pytest.mark.skipif(bf16_supported(torch.device("cpu")), reason="this CPU has bf16 LSTM kernels")
@@ -243,7 +231,7 @@ def test_an_unreachable_hub_is_one_line_at_once(tmp_path):
         [*MT, "train-tokenizer", "--train", "hf:someone/nothing", "--output", str(tmp_path / "tok")],
         env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    assert_one_line_error(process.stderr, process.returncode, "cannot reach the Hugging Face Hub", "HF_HUB_OFFLINE=1")
+    assert_one_line_error(process.returncode, process.stderr, "cannot reach the Hugging Face Hub", "HF_HUB_OFFLINE=1")
 
 
 def test_the_prompt_goes_to_stderr_and_ctrl_c_exits_130(model):

@@ -158,7 +158,7 @@ def test_any_unicode_input_gives_one_single_line_output_per_input(tiny_translato
 # -- real processes: Ctrl-C and kill -9 during `mt train`, then resume ------------------------
 
 MT = [sys.executable, "-m", "mt"]
-STEPS = 100  # the whole run; it is stopped at its first checkpoint, at step 5
+STEPS = 100  # the whole run; it is signalled once its first checkpoint (step 5) is written
 
 
 def start_training(corpus_prefix: str, tokenizer_dir: Path, output: Path) -> subprocess.Popen:

@@ -23,7 +23,7 @@ def invoke(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
-def assert_one_line_error(result, *fragments: str) -> None:
+def assert_error_is_the_last_line(result, *fragments: str) -> None:
     """One `error:` line, the last on stderr (after what training had reported), no traceback."""
     assert result.exit_code != 0
     lines = result.stderr.strip().splitlines()
@@ -173,7 +173,7 @@ def test_overwrite_with_a_missing_corpus_keeps_the_old_run(setup, tmp_path):
         *TINY,
         "--overwrite",
     )
-    assert_one_line_error(result, "typo")
+    assert_error_is_the_last_line(result, "typo")
     assert {path.name: path.read_bytes() for path in run.iterdir()} == before
 
 
@@ -191,7 +191,7 @@ def test_a_second_training_process_on_the_same_run_is_refused(setup, tmp_path):
     run = tmp_path / "run"
     with RunDirectory(run).lock():  # as a running `mt train` holds it
         result = train(setup, run, "--max-steps", "1")
-    assert_one_line_error(result, "another mt train", str(run))
+    assert_error_is_the_last_line(result, "another mt train", str(run))
     assert train(setup, run, "--max-steps", "1").exit_code == 0  # the lock went with its holder
 
 
@@ -199,7 +199,7 @@ def test_resuming_with_fewer_epochs_than_done_is_refused(setup, tmp_path):
     run = tmp_path / "run"
     assert train(setup, run, "--max-steps", "2").exit_code == 0
     unfinish(run / "last.safetensors", epoch=3)
-    assert_one_line_error(train(setup, run, "--epochs", "2"), "3 epochs", "--epochs 2", "larger budget")
+    assert_error_is_the_last_line(train(setup, run, "--epochs", "2"), "3 epochs", "--epochs 2", "larger budget")
 
 
 @pytest.mark.parametrize(
@@ -213,7 +213,7 @@ def test_resuming_with_another_recipe_is_refused(setup, tmp_path, change, fragme
     run = tmp_path / "run"
     assert train(setup, run, "--max-steps", "2").exit_code == 0
     unfinish(run / "last.safetensors")
-    assert_one_line_error(train(setup, run, "--max-steps", "3", *change), fragment, "--overwrite")
+    assert_error_is_the_last_line(train(setup, run, "--max-steps", "3", *change), fragment, "--overwrite")
 
 
 def test_resuming_with_another_corpus_or_tokenizer_is_refused(setup, tmp_path, tokenizers, corpus_pairs):
@@ -224,7 +224,7 @@ def test_resuming_with_another_corpus_or_tokenizer_is_refused(setup, tmp_path, t
         "train", "--train", setup["big"], "--valid", setup["valid_a"], "--valid", setup["valid_b"],
         "--tokenizer", setup["tokenizer"], "--output", run, *TINY, "--max-steps", "3",
     )  # fmt: skip
-    assert_one_line_error(other_corpus, "other training corpora")
+    assert_error_is_the_last_line(other_corpus, "other training corpora")
     from mt.tokenizer import TokenizerPair, train_sentencepiece
 
     texts = [text for pair in corpus_pairs for text in pair]
@@ -244,14 +244,14 @@ def test_resuming_with_another_corpus_or_tokenizer_is_refused(setup, tmp_path, t
         "--max-steps",
         "3",
     )
-    assert_one_line_error(result, "another tokenizer")
+    assert_error_is_the_last_line(result, "another tokenizer")
 
 
 def test_a_last_checkpoint_without_trainer_state_is_a_one_line_error(setup, tmp_path):
     run = tmp_path / "run"
     assert train(setup, run, "--max-steps", "1").exit_code == 0
     (run / "last.safetensors").write_bytes((run / "best.safetensors").read_bytes())  # "rolled back" by hand
-    assert_one_line_error(train(setup, run, "--max-steps", "2"), "no trainer state", "--overwrite")
+    assert_error_is_the_last_line(train(setup, run, "--max-steps", "2"), "no trainer state", "--overwrite")
 
 
 def test_resume_removes_a_killed_writes_leftovers_and_logs_each_validation_once(setup, tmp_path):
@@ -312,9 +312,9 @@ def fine_tune(setup, parent: Path, output: Path) -> list:
 
 def test_init_from_refuses_architecture_options_that_disagree(setup, parent, tmp_path):
     base = fine_tune(setup, parent, tmp_path / "child")
-    assert_one_line_error(invoke(*base, "--hidden-size", "16"), "--hidden-size 16", "12")
-    assert_one_line_error(invoke(*base, "--attention", "bahdanau"), "--attention bahdanau")
-    assert_one_line_error(invoke(*base, "--tokenizer", setup["tokenizer"]), "--tokenizer", "--init-from")
+    assert_error_is_the_last_line(invoke(*base, "--hidden-size", "16"), "--hidden-size 16", "12")
+    assert_error_is_the_last_line(invoke(*base, "--attention", "bahdanau"), "--attention bahdanau")
+    assert_error_is_the_last_line(invoke(*base, "--tokenizer", setup["tokenizer"]), "--tokenizer", "--init-from")
     assert (
         invoke(*base, "--hidden-size", "12", "--dropout", "0.5", "--max-steps", "1").exit_code == 0
     )  # agreeing, or not architecture
