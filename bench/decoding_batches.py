@@ -14,7 +14,6 @@ cache), and the seconds per batch of random test2016 sentences of
 
 from __future__ import annotations
 
-import gzip
 import random
 import statistics
 import sys
@@ -63,11 +62,11 @@ def decoder_megabytes(decoder: torch.nn.Module) -> float:
 
 def main() -> None:
     from mt.config import DecodeConfig
+    from mt.data import read_lines
     from mt.translator import Translator
 
     model = sys.argv[1] if len(sys.argv) > 1 else str(ROOT / "checkpoints" / "de-en")
-    with gzip.open(ROOT / "data" / "multi30k" / "test_2016_flickr.de.gz", "rt", encoding="utf-8") as lines:
-        sentences = [line.strip() for line in lines]
+    sentences = read_lines(ROOT / "data" / "multi30k" / "test_2016_flickr.de.gz")
     print(f"torch threads {torch.get_num_threads()}, read bandwidth {read_bandwidth_gb_s():.1f} GB/s")
     rates = ", ".join(f"{n} x 5 MB: {small_product_gb_s(n):.1f}" for n in (1, 2, 4, 8))
     print(f"5-row products stream their weights at (GB/s) {rates}")

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import start_mt
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -157,19 +156,17 @@ def test_any_unicode_input_gives_one_single_line_output_per_input(tiny_translato
 
 # -- real processes: Ctrl-C and kill -9 during `mt train`, then resume ------------------------
 
-MT = [sys.executable, "-m", "mt"]
 STEPS = 100  # the whole run; it is signalled once its first checkpoint (step 5) is written
 
 
 def start_training(corpus_prefix: str, tokenizer_dir: Path, output: Path) -> subprocess.Popen:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    command = [
-        *MT, "train", "--train", corpus_prefix, "--valid", corpus_prefix, "--src", "de", "--tgt", "en",
-        "--tokenizer", str(tokenizer_dir), "--output", str(output), "--device", "cpu",
-        "--embedding-size", "16", "--hidden-size", "24", "--layers", "1", "--batch-tokens", "120",
-        "--max-steps", str(STEPS), "--epochs", "1000", "--validate-every", "5", "--patience", "0",
-    ]  # fmt: skip
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return start_mt(
+        "train", "--train", corpus_prefix, "--valid", corpus_prefix, "--src", "de", "--tgt", "en",
+        "--tokenizer", tokenizer_dir, "--output", output, "--device", "cpu",
+        "--embedding-size", 16, "--hidden-size", 24, "--layers", 1, "--batch-tokens", 120,
+        "--max-steps", STEPS, "--epochs", 1000, "--validate-every", 5, "--patience", 0,
+        stdin=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
 
 
 def wait_for(path: Path, process: subprocess.Popen, timeout: float = 90) -> None:
