@@ -183,7 +183,7 @@ def translation(options: dict) -> dict:
     from mt.checkpoint import load_checkpoint
     from mt.config import DecodeConfig
     from mt.evaluate import score
-    from mt.model import quantize_int8
+    from mt.quantize import quantize_int8
     from mt.translator import Translator
 
     sources, references = _test_set(options)

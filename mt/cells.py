@@ -68,9 +68,15 @@ def rnn_step(x_t, h_prev, weights):
 def gru_step(x_t, h_prev, weight_ih, weight_hh, bias_ih, bias_hh):
     """One GRU step (Cho et al. 2014) in torch's formulation, where the reset
     gate scales the recurrent part of the candidate after its bias."""
-    hidden = h_prev.size(-1)
     gi = x_t @ weight_ih.T + bias_ih  # (B, 3H): reset, update, candidate parts from x_t
     gh = h_prev @ weight_hh.T + bias_hh  # (B, 3H): the same from h_{t-1}
+    return gru_update(gi, gh, h_prev)
+
+
+def gru_update(gi, gh, h_prev):
+    """The GRU's gates and h_t (B, H) from the input's part gi and the previous
+    state's part gh (B, 3H) of the reset, update and candidate pre-activations."""
+    hidden = h_prev.size(-1)
     r_t = torch.sigmoid(gi[:, :hidden] + gh[:, :hidden])  # reset gate
     z_t = torch.sigmoid(gi[:, hidden : 2 * hidden] + gh[:, hidden : 2 * hidden])  # update gate
     n_t = torch.tanh(gi[:, 2 * hidden :] + r_t * gh[:, 2 * hidden :])  # candidate state
@@ -88,11 +94,58 @@ class Trace:
     gates: dict[str, dict[str, list[torch.Tensor]]] = field(default_factory=dict)
 
 
-class ReferenceRNN(nn.Module):
-    """A drop-in for `nn.LSTM` / `nn.GRU` / `nn.RNN` (batch_first) unrolled in
-    Python, one time step at a time. Takes padded input with `lengths` instead
-    of a packed sequence: past its length a sequence's state stops changing,
-    which is what packing does."""
+class UnrolledRNN(nn.Module):
+    """Recurrent layers unrolled in Python, one time step at a time, called like
+    `nn.LSTM` / `nn.GRU` / `nn.RNN` (batch_first) but with padded input and
+    `lengths` instead of a packed sequence: past its length a sequence's state
+    stops changing, which is what packing does. Subclasses say how one layer
+    runs in one direction (`_run_direction`)."""
+
+    cell: str
+    hidden_size: int
+    num_layers: int
+    bidirectional: bool
+    dropout: float = 0.0
+
+    def _run_direction(self, inputs, lengths, h, C, layer: int, suffix: str):
+        """inputs (B, S, I) in processing order, lengths (B,) or None (no padding),
+        initial h and C (B, H) -> outputs (B, S, H), final h and C (B, H)."""
+        raise NotImplementedError
+
+    def forward(self, inputs: torch.Tensor, state=None, lengths: torch.Tensor | None = None):
+        """inputs (B, S, I), initial state like torch's or None, lengths (B,) or None
+        (no padding) -> outputs (B, S, H * directions), final state like torch's."""
+        batch, steps = inputs.shape[:2]
+        directions = 2 if self.bidirectional else 1
+        if lengths is not None:
+            lengths = lengths.to(inputs.device)
+        elif self.bidirectional:  # the backward direction reverses each sequence within its length
+            lengths = torch.full((batch,), steps, device=inputs.device)
+        zeros = inputs.new_zeros(self.num_layers * directions, batch, self.hidden_size)
+        if state is None:
+            state = (zeros, zeros) if self.cell == "lstm" else zeros
+        h0, c0 = state if self.cell == "lstm" else (state, zeros)
+        final_h, final_c = [], []
+        layer_input = inputs
+        for layer in range(self.num_layers):
+            outputs = []
+            for d, suffix in enumerate(["", "_reverse"][:directions]):
+                index = layer * directions + d
+                sequence = layer_input if d == 0 else reverse_padded(layer_input, lengths)
+                out, h, C = self._run_direction(sequence, lengths, h0[index], c0[index], layer, suffix)
+                outputs.append(out if d == 0 else reverse_padded(out, lengths))
+                final_h.append(h)
+                final_c.append(C)
+            layer_input = torch.cat(outputs, dim=-1) if directions == 2 else outputs[0]
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                layer_input = nn.functional.dropout(layer_input, self.dropout, training=True)
+        hidden = torch.stack(final_h)
+        return layer_input, ((hidden, torch.stack(final_c)) if self.cell == "lstm" else hidden)
+
+
+class ReferenceRNN(UnrolledRNN):
+    """A drop-in for `nn.LSTM` / `nn.GRU` / `nn.RNN` computing the lecture's
+    equations (above), with torch's parameter names."""
 
     def __init__(
         self,
@@ -126,10 +179,11 @@ class ReferenceRNN(nn.Module):
         return [getattr(self, f"{kind}_l{layer}{suffix}") for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
 
     def _run_direction(self, inputs, lengths, h, C, layer: int, suffix: str):
-        """inputs (B, S, I) in processing order -> outputs (B, S, H), final h and C (B, H)."""
         params = self._params(layer, suffix)
         weights = [_lecture_weights(*params, gate) for gate in range(GATES[self.cell])]
         key = f"l{layer}{suffix}"
+        if lengths is None:
+            lengths = torch.full((inputs.size(0),), inputs.size(1), device=inputs.device)
         outputs = []
         for t in range(inputs.size(1)):  # unrolled in time
             x_t = inputs[:, t]
@@ -152,30 +206,3 @@ class ReferenceRNN(nn.Module):
                 for name, value in gates.items():
                     self.trace.gates.setdefault(key, {}).setdefault(name, []).append(value)
         return torch.stack(outputs, dim=1), h, C
-
-    def forward(self, inputs: torch.Tensor, state=None, lengths: torch.Tensor | None = None):
-        """inputs (B, S, I), initial state like torch's or None, lengths (B,) ->
-        outputs (B, S, H * directions), final state like torch's."""
-        batch, steps = inputs.shape[:2]
-        lengths = torch.full((batch,), steps, device=inputs.device) if lengths is None else lengths.to(inputs.device)
-        directions = 2 if self.bidirectional else 1
-        zeros = inputs.new_zeros(self.num_layers * directions, batch, self.hidden_size)
-        if state is None:
-            state = (zeros, zeros) if self.cell == "lstm" else zeros
-        h0, c0 = state if self.cell == "lstm" else (state, zeros)
-        final_h, final_c = [], []
-        layer_input = inputs
-        for layer in range(self.num_layers):
-            outputs = []
-            for d, suffix in enumerate(["", "_reverse"][:directions]):
-                index = layer * directions + d
-                sequence = layer_input if d == 0 else reverse_padded(layer_input, lengths)
-                out, h, C = self._run_direction(sequence, lengths, h0[index], c0[index], layer, suffix)
-                outputs.append(out if d == 0 else reverse_padded(out, lengths))
-                final_h.append(h)
-                final_c.append(C)
-            layer_input = torch.cat(outputs, dim=-1)
-            if self.dropout and self.training and layer < self.num_layers - 1:
-                layer_input = nn.functional.dropout(layer_input, self.dropout, training=True)
-        hidden = torch.stack(final_h)
-        return layer_input, ((hidden, torch.stack(final_c)) if self.cell == "lstm" else hidden)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from mt.cells import ReferenceRNN, reverse_padded
+from mt.cells import ReferenceRNN, UnrolledRNN, reverse_padded
 from mt.config import AttentionKind, Cell, CellImpl, ModelConfig, MTError
 
 RNN_CLASSES = {Cell.lstm: nn.LSTM, Cell.gru: nn.GRU, Cell.rnn: nn.RNN}
@@ -115,7 +115,7 @@ class Encoder(nn.Module):
         if self.reverse_source:  # Sutskever's trick: the first source words end up nearest the decoder
             source = reverse_padded(source, lengths)
         embedded = self.dropout(self.embedding(source))  # (B, S, E)
-        if isinstance(self.rnn, ReferenceRNN):
+        if isinstance(self.rnn, UnrolledRNN):  # the reference cells and int8 layers take lengths, not packing
             memory, state = self.rnn(embedded, None, lengths)  # (B, S, H)
         else:
             packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
@@ -343,28 +343,3 @@ class Ensemble(nn.Module):
         ]
         log_probs = torch.stack([log_probs for log_probs, _, _ in steps]).mean(dim=0)  # (B, V)
         return log_probs, EnsembleState(tuple(new_state for _, new_state, _ in steps)), None
-
-
-def quantize_int8(model: Seq2Seq) -> Seq2Seq:
-    """Turn `model`, in place, into a CPU inference model with int8 weights in its
-    LSTM/GRU/RNN and Linear layers and its output layer (dynamic quantisation:
-    activations are quantised on the fly, per batch); returns it. The
-    embeddings stay fp32 (a tied output layer gets an int8 copy of its matrix)."""
-    import warnings
-
-    with warnings.catch_warnings():  # torch marks torch.ao.quantization deprecated in favour of torchao
-        warnings.simplefilter("ignore")
-        try:
-            from torch.ao.quantization import quantize_dynamic
-        except ImportError:
-            raise MTError(
-                f"this torch ({torch.__version__}) has no dynamic int8 quantisation; translate without --quantize"
-            ) from None
-        quantize_dynamic(model.eval(), {nn.LSTM, nn.GRU, nn.RNN, nn.Linear}, dtype=torch.qint8, inplace=True)
-        decoder = model.decoder
-        if decoder.tie_embeddings:  # the V-way layer is the embedding matrix: quantise a copy of it
-            output = nn.Linear(model.config.embedding_size, model.config.tgt_vocab_size)
-            output.weight = nn.Parameter(decoder.embedding.weight.detach().clone())
-            output.bias = nn.Parameter(decoder.output_bias.detach().clone())
-            decoder.quantized_output = quantize_dynamic(nn.Sequential(output), {nn.Linear}, dtype=torch.qint8)[0]
-        return model

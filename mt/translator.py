@@ -29,7 +29,8 @@ import torch
 from mt.checkpoint import load_checkpoint
 from mt.config import DecodeConfig, MTError
 from mt.data import make_batches, source_tensors
-from mt.model import Ensemble, Seq2Seq, quantize_int8
+from mt.model import Ensemble, Seq2Seq
+from mt.quantize import quantize_int8
 from mt.search import search
 from mt.tokenizer import TokenizerPair
 

@@ -1,5 +1,6 @@
-"""What the tests that run `mt` as a user does share: the command, an offline
-one-thread environment, and the check of a user error's one `error:` line."""
+"""What several test modules share: the command, an offline one-thread
+environment and the check of a user error's one `error:` line for the tests
+that run `mt` as a user does; a tiny model with weights that use their range."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+
+import torch
+
+from mt.model import Seq2Seq
 
 
 def mt_command() -> list[str]:
@@ -69,3 +74,15 @@ def assert_one_line_error(exit_code: int, stderr: str, *fragments: str, stdout: 
     for fragment in fragments:
         assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
     return lines[0]
+
+
+def scramble(model: Seq2Seq, seed: int, std: float = 1.0) -> Seq2Seq:
+    """Redraw every weight from N(0, std). A freshly initialised tiny model has
+    small states and repeats one token forever; a scrambled one's states use
+    their range, as a trained model's do, and it wanders and says eos at
+    unpredictable steps, so that hypotheses end both by eos and at the limit."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0.0, std, generator=generator)
+    return model

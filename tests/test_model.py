@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mt.config import ModelConfig, MTError
-from mt.model import quantize_int8, reverse_padded
+from mt.model import reverse_padded
 from mt.train import label_smoothed_loss
 
 SRC_V, TGT_V, E, H = 17, 23, 8, 12
@@ -213,26 +213,3 @@ def test_model_config_round_trips_through_a_dict():
     assert ModelConfig.from_dict(config.to_dict()) == config
     with pytest.raises(MTError, match="unknown"):
         ModelConfig.from_dict({**config.to_dict(), "heads": 8})
-
-
-def test_int8_quantized_model_stays_close_to_fp32(architecture, make_model, make_sources):
-    model = make_model(**architecture, embedding_size=16, hidden_size=32)
-    source, lengths = make_sources([6, 4, 5], model.config.src_vocab_size)
-    target_in = torch.randint(4, model.config.tgt_vocab_size, (3, 5))
-    with torch.inference_mode():
-        expected, _ = model(source, lengths, target_in)
-        logits, _ = quantize_int8(model)(source, lengths, target_in)
-    assert any(type(module).__module__.startswith("torch.ao.nn.quantized") for module in model.modules())
-    assert logits.shape == expected.shape
-    assert (logits - expected).abs().max() < 0.05 * expected.abs().max()
-
-
-def test_int8_quantization_covers_a_tied_output_layer(make_model, make_sources):
-    model = make_model(embedding_size=16, hidden_size=32, tie_embeddings=True)
-    source, lengths = make_sources([6, 4], model.config.src_vocab_size)
-    target_in = torch.randint(4, model.config.tgt_vocab_size, (2, 5))
-    with torch.inference_mode():
-        expected, _ = model(source, lengths, target_in)
-        logits, _ = quantize_int8(model)(source, lengths, target_in)
-    assert type(model.decoder.quantized_output).__module__.startswith("torch.ao.nn.quantized")
-    assert (logits - expected).abs().max() < 0.05 * expected.abs().max()

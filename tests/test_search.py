@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import scramble
 
 from mt.config import DecodeConfig, ModelConfig
 from mt.data import collate, source_tensors
@@ -22,17 +23,6 @@ def set_eos_bias(model: Seq2Seq, value: float) -> Seq2Seq:
     bias = decoder.output_bias if decoder.output_bias is not None else decoder.readout.bias
     with torch.no_grad():
         bias[model.config.eos_id] = value
-    return model
-
-
-def scramble(model: Seq2Seq, seed: int, std: float = 1.0) -> Seq2Seq:
-    """Redraw every weight from N(0, std): a freshly initialised tiny model
-    repeats one token forever, a scrambled one wanders and says eos at
-    unpredictable steps, so that hypotheses end both by eos and at the limit."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.normal_(0.0, std, generator=generator)
     return model
 
 

@@ -1,0 +1,51 @@
+"""int8 inference: close to fp32, and each sentence's result independent of its batch mates."""
+
+from __future__ import annotations
+
+import torch
+from helpers import scramble
+
+from mt.quantize import Int8Linear, Int8RNN, quantize_int8
+
+
+def test_int8_model_stays_close_to_fp32(architecture, make_model, make_sources):
+    model = scramble(make_model(**architecture, embedding_size=16, hidden_size=32), seed=1, std=0.1)
+    source, lengths = make_sources([6, 4, 5], model.config.src_vocab_size)
+    target_in = torch.randint(4, model.config.tgt_vocab_size, (3, 5))
+    with torch.inference_mode():
+        expected, _ = model(source, lengths, target_in)
+        logits, _ = quantize_int8(model)(source, lengths, target_in)
+    assert isinstance(model.encoder.rnn, Int8RNN) and isinstance(model.decoder.rnn, Int8RNN)
+    assert isinstance(model.decoder.quantized_output, Int8Linear)
+    assert logits.shape == expected.shape
+    assert (logits - expected).abs().max() < 0.05 * expected.abs().max()
+
+
+def test_int8_covers_a_tied_output_layer(make_model, make_sources):
+    model = scramble(make_model(embedding_size=16, hidden_size=32, tie_embeddings=True, attention="luong"), 1, 0.1)
+    source, lengths = make_sources([6, 4], model.config.src_vocab_size)
+    target_in = torch.randint(4, model.config.tgt_vocab_size, (2, 5))
+    with torch.inference_mode():
+        expected, _ = model(source, lengths, target_in)
+        logits, _ = quantize_int8(model)(source, lengths, target_in)
+    assert isinstance(model.decoder.readout, Int8Linear) and isinstance(model.decoder.quantized_output, Int8Linear)
+    assert (logits - expected).abs().max() < 0.05 * expected.abs().max()
+
+
+def test_int8_logits_of_a_sentence_are_the_same_alone_and_in_any_batch(architecture, make_model, make_sources):
+    """The activation scales are fixed and int8 products are exact, so a sentence's
+    logits do not depend on the other sentences or the padding of its batch: a
+    server's batches and `mt translate` give the same translations. (Layer sizes are
+    multiples of 32, as a vectorised CPU kernel then treats every row alike.)"""
+    model = make_model(**architecture, embedding_size=32, hidden_size=64, tie_embeddings=True)
+    model = quantize_int8(scramble(model, seed=2, std=0.1))
+    source, lengths = make_sources([3, 9, 5, 7], model.config.src_vocab_size)
+    target_in = torch.randint(4, model.config.tgt_vocab_size, (4, 6))
+    with torch.inference_mode():
+        together, _ = model(source, lengths, target_in)
+        for row, length in enumerate(lengths.tolist()):
+            alone, _ = model(source[row : row + 1, :length], lengths[row : row + 1], target_in[row : row + 1])
+            assert torch.equal(alone[0], together[row]), row
+            pair = [row, (row + 1) % 4]
+            with_another, _ = model(source[pair], lengths[pair], target_in[pair])
+            assert torch.equal(with_another[0], together[row]), row
