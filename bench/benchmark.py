@@ -11,6 +11,7 @@ with a description of the machine, as JSON.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -22,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Annotated, Any
+from unittest import mock
 
 import typer
 
@@ -90,14 +92,12 @@ def training(options: dict) -> dict:
     (`"loop": "mt_previous_loss"`: the full (B*T, V) logits, then F.cross_entropy),
     or the textbook loop (shuffled batches of a fixed number of sentences)."""
     import datasets
-    import torch
-    import torch.nn.functional as F
 
     from mt import train
     from mt.checkpoint import load_checkpoint
     from mt.config import ModelConfig
-    from mt.data import collate, load_corpus, make_batches, tokenize_corpus
-    from mt.train import Trainer, label_smoothed_loss
+    from mt.data import load_corpus, tokenize_corpus
+    from mt.train import label_smoothed_loss
 
     datasets.disable_progress_bars()
     tokenizers = load_checkpoint(options["tokenizer_model"]).tokenizers
@@ -109,10 +109,27 @@ def training(options: dict) -> dict:
     config = ModelConfig(
         src_vocab_size=tokenizers.source.vocab_size, tgt_vocab_size=tokenizers.target.vocab_size, **recipe
     )
+    previous_loss = contextlib.nullcontext()
     if options["loop"] == "mt_previous_loss":  # the loss of mt before the chunked output layer
-        train.output_loss = lambda decoder, features, target, smoothing, pad_id: label_smoothed_loss(
-            decoder.logits(features), target, smoothing, pad_id
+        previous_loss = mock.patch.object(
+            train,
+            "output_loss",
+            lambda decoder, features, target, smoothing, pad_id: label_smoothed_loss(
+                decoder.logits(features), target, smoothing, pad_id
+            ),
         )
+    with previous_loss:
+        return _measure_training(options, config, train_config, tokenizers, corpus)
+
+
+def _measure_training(options: dict, config, train_config: TrainConfig, tokenizers, corpus) -> dict:
+    """The timed updates of `training`."""
+    import torch
+    import torch.nn.functional as F
+
+    from mt.data import collate, make_batches
+    from mt.train import Trainer
+
     with tempfile.TemporaryDirectory() as scratch:
         trainer = Trainer(
             config, train_config, tokenizers, corpus, {"none": ([], [])}, Path(scratch), torch.device("cpu"), {}

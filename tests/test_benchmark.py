@@ -3,11 +3,15 @@ checked for shape and sanity, never for speed."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
 
 BENCHMARK = Path(__file__).resolve().parent.parent / "bench" / "benchmark.py"
 
@@ -20,7 +24,23 @@ def _numbers(value):
         yield value
 
 
-def test_benchmark_runs_on_a_tiny_slice_and_reports_every_measurement(tiny_checkpoint, corpus_prefix, tmp_path):
+@pytest.fixture(scope="module")
+def benchmark():
+    """bench/benchmark.py as a module."""
+    spec = importlib.util.spec_from_file_location("benchmark", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_runs_on_a_tiny_slice_and_reports_every_measurement(
+    benchmark, tiny_checkpoint, corpus_prefix, tmp_path, monkeypatch
+):
+    """The whole driver, with each phase run in this process (a phase in a process
+    of its own is the next test): every measurement is reported and tabled."""
+    monkeypatch.setattr(
+        benchmark, "run_phase", lambda name, options: {**benchmark.PHASES[name](options), "peak_rss_mb": 1.0}
+    )
     model = tiny_checkpoint(tmp_path / "tiny.safetensors", hidden_size=16, attention="luong")
     arguments = [
         "--model", model, "--tokenizer-model", model, "--train", corpus_prefix,
@@ -28,15 +48,15 @@ def test_benchmark_runs_on_a_tiny_slice_and_reports_every_measurement(tiny_check
         "--sentences", 6, "--latency-sentences", 2, "--train-seconds", 0.5, "--batch-tokens", 64, "--peak-seconds", 0.2, "--cold-runs", 1,
         "--output", tmp_path / "bench.json",
     ]  # fmt: skip
-    process = subprocess.run(
-        [sys.executable, str(BENCHMARK), *map(str, arguments)], capture_output=True, text=True, timeout=600
-    )
-    assert process.returncode == 0, process.stderr
+    result = CliRunner().invoke(benchmark.app, list(map(str, arguments)))
+    assert result.exit_code == 0, result.output
     results = json.loads((tmp_path / "bench.json").read_text())
     for key in (
         "matmul_peak",
         "training",
         "textbook_training",
+        "attention_training",
+        "attention_training_previous",
         "greedy",
         "beam5",
         "greedy_int8",
@@ -47,8 +67,14 @@ def test_benchmark_runs_on_a_tiny_slice_and_reports_every_measurement(tiny_check
         assert key in results, key
     assert results["sentences"] == 6
     assert all(math.isfinite(number) and number >= 0 for number in _numbers(results))
-    assert results["training"]["updates"] >= 1 and results["greedy"]["peak_rss_mb"] > 0
-    assert "| training speed-up over the textbook loop |" in process.stdout
+    assert results["training"]["updates"] >= 1 and results["cold_start_seconds"] > 0
+    assert "| training speed-up over the textbook loop |" in result.stdout
+
+
+def test_a_phase_runs_in_a_process_of_its_own_and_reports_its_peak_memory(benchmark):
+    result = benchmark.run_phase("matmul_peak", {"seconds": 0.05})
+    assert result["fp32_gflops"] > 0 and result["bf16_gflops"] > 0
+    assert result["peak_rss_mb"] > 0
 
 
 def test_benchmark_refuses_missing_inputs_with_one_line(tmp_path):
