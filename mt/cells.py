@@ -121,10 +121,10 @@ class UnrolledRNN(nn.Module):
             lengths = lengths.to(inputs.device)
         elif self.bidirectional:  # the backward direction reverses each sequence within its length
             lengths = torch.full((batch,), steps, device=inputs.device)
-        zeros = inputs.new_zeros(self.num_layers * directions, batch, self.hidden_size)
         if state is None:
+            zeros = inputs.new_zeros(self.num_layers * directions, batch, self.hidden_size)
             state = (zeros, zeros) if self.cell == "lstm" else zeros
-        h0, c0 = state if self.cell == "lstm" else (state, zeros)
+        h0, c0 = state if self.cell == "lstm" else (state, [None] * len(state))  # GRU and RNN: no cell state
         final_h, final_c = [], []
         layer_input = inputs
         for layer in range(self.num_layers):

@@ -497,6 +497,12 @@ def _decode_config(beam: int, length_penalty: float, **sampling):
     return DecodeConfig(beam_size=beam, length_penalty=length_penalty, **sampling)
 
 
+def _input_file(option: str, path: Path) -> None:
+    """A file to read, checked before any work (and before torch is imported)."""
+    if not path.is_file():
+        raise MTError(f"{option} {path}: {'not a regular file' if path.exists() else 'file not found'}")
+
+
 def _output_file(path: Path | None, inputs: dict[str, Path]) -> Path | None:
     """Where to write an output file, checked before any work: a regular file (or a
     new one) that is none of the inputs. A symbolic link is written through (the file
@@ -557,16 +563,18 @@ def evaluate_cli(
       mt evaluate -m checkpoints/de-en -m checkpoints/de-en-base --src test.de --ref test.en   (paired test)
       mt evaluate -m a.safetensors -m b.safetensors --ensemble --src test.de --ref test.en --confidence
     """
-    from mt.checkpoint import write_atomic
+    decode = _decode_config(beam, length_penalty)
+    _input_file("--src", src)
+    _input_file("--ref", ref)
+    output = _output_file(output, {"--src": src, "--ref": ref})
+    from mt.checkpoint import write_atomic  # torch (seconds): after the checks above
     from mt.data import read_lines
     from mt.evaluate import score, significance
 
-    decode = _decode_config(beam, length_penalty)
     models = model or [default_model()]
     systems = [models] if ensemble or len(models) == 1 else [[path] for path in models]
     if output is not None and len(systems) > 1:
         raise MTError("--output holds the translations of one model; give one --model (or --ensemble)")
-    output = _output_file(output, {"--src": src, "--ref": ref})
     sources, references = read_lines(src), read_lines(ref)
     if len(sources) != len(references):
         raise MTError(f"{src} has {len(sources)} lines but {ref} has {len(references)}")
@@ -754,9 +762,6 @@ def translate_cli(
       mt translate -m runs/a/best.safetensors -m runs/b/best.safetensors < in.de   (an ensemble)
       mt translate --sampling --top-p 0.9 --n-best 3      (three samples per sentence)
     """
-    from mt.data import count_lines, decode_lines, iter_lines
-    from mt.streams import PAUSE_SECONDS, Formatter, translate_stream
-
     options = dict(sampling=sampling, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     decode = _decode_config(beam, length_penalty, **options)
     most = MAX_BEAM if sampling else beam
@@ -772,14 +777,18 @@ def translate_cli(
         raise MTError("give the sentences as arguments or with --input, not both")
     if input is not None and str(input) == "-":
         input = None
-    elif input is not None and not input.is_file():
-        raise MTError(f"--input {input}: {'not a regular file' if input.exists() else 'file not found'}")
+    elif input is not None:
+        _input_file("--input", input)
     output = None if output is None or str(output) == "-" else _output_file(output, {"--input": input} if input else {})
     if not text and input is None and sys.stdin is None:
         raise MTError("standard input is closed; give the sentences as arguments, with --input or through a pipe")
     interactive = not text and input is None and sys.stdin.isatty()
     if interactive and (output is not None or output_format != OutputFormat.text):
         interactive = False  # typed lines are a stream like any other: no prompt in the output
+    # Only now what imports torch (seconds): a mistake above is reported at once.
+    from mt.data import count_lines, decode_lines, iter_lines
+    from mt.streams import PAUSE_SECONDS, Formatter, translate_stream
+
     translator = _load_translator(model, device, quantize)
     if alignment and not translator.has_attention:
         raise MTError("--alignment: this model has no attention (train with --attention luong or bahdanau)")

@@ -66,15 +66,13 @@ class Int8Linear(nn.Module):
         return cls(linear.weight, linear.bias, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, x.size(-1))  # (R, D)
+        if x.dim() != 2:
+            return self(x.reshape(-1, x.size(-1))).view(*x.shape[:-1], -1)
         if self.bound is not None:
-            y = self.kernel(rows, self.bound / LEVELS, ZERO_POINT, self.packed)
-        else:
-            scale = rows.abs().amax(dim=1, keepdim=True).clamp_min(1e-12)  # (R, 1)
-            y = self.kernel(rows / scale, 1.0 / LEVELS, ZERO_POINT, self.packed) * scale
-            if self.row_bias is not None:
-                y = y + self.row_bias
-        return y.view(*x.shape[:-1], y.size(-1))
+            return self.kernel(x, self.bound / LEVELS, ZERO_POINT, self.packed)
+        scale = x.abs().amax(dim=1, keepdim=True).clamp_min(1e-12)  # (R, 1)
+        y = self.kernel(x / scale, 1.0 / LEVELS, ZERO_POINT, self.packed) * scale
+        return y if self.row_bias is None else y + self.row_bias
 
 
 def _lstm_update(gates: torch.Tensor, cell_state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,6 +30,9 @@ from typer.testing import CliRunner
 
 from mt.cli import app
 
+# The trained model of these tests (`cli_run`, 15-20 s) is built once: they all run on one pytest-xdist worker.
+pytestmark = pytest.mark.xdist_group("cli_run")
+
 # --------------------------------------------------------------------------
 # Helpers
 
@@ -168,16 +171,7 @@ def _template_pairs(count: int = 220) -> list[tuple[str, str]]:
     return pairs
 
 
-@pytest.fixture(scope="module", autouse=True)
-def cli_one_torch_thread():
-    """Run this module's in-process commands on one CPU thread (see `helpers.ENV`)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cli_corpus(tmp_path_factory) -> SimpleNamespace:
     """200 training and 20 validation pairs as PREFIX.de.gz / PREFIX.en.gz."""
     root = tmp_path_factory.mktemp("cli_corpus")
@@ -195,7 +189,7 @@ def cli_corpus(tmp_path_factory) -> SimpleNamespace:
     )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cli_tokenizer(cli_corpus) -> SimpleNamespace:
     """`mt train-tokenizer` on the template corpus (joint unigram, 150 pieces)."""
     output = cli_corpus.root / "tokenizer"
@@ -217,7 +211,7 @@ def cli_tokenizer(cli_corpus) -> SimpleNamespace:
     return SimpleNamespace(result=result, directory=output)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cli_run(cli_corpus, cli_tokenizer) -> SimpleNamespace:
     """`mt train` with a tiny model for 200 steps on CPU. Read-only for the tests that use it."""
     assert cli_tokenizer.result.exit_code == 0, cli_tokenizer.result.output
@@ -251,7 +245,7 @@ def cli_run(cli_corpus, cli_tokenizer) -> SimpleNamespace:
     return SimpleNamespace(result=result, directory=run, best=run / "best.safetensors", last=run / "last.safetensors")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cli_model(cli_run) -> Path:
     """The best checkpoint of the tiny run (fails the dependent test if training failed)."""
     assert cli_run.result.exit_code == 0, cli_run.result.output
