@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -79,6 +80,13 @@ class EncoderOutput:
         keys = None if self.keys is None else self.keys.index_select(0, index)
         return EncoderOutput(self.memory.index_select(0, index), keys, self.mask.index_select(0, index))
 
+    @cached_property
+    def real(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The real (not padding) positions: row and position indices (N,) each, and
+        their keys (N, H); computed once, read at every decoder step."""
+        rows, positions = self.mask.nonzero(as_tuple=True)
+        return rows, positions, self.keys[rows, positions]
+
 
 @dataclass
 class DecoderState:
@@ -138,7 +146,7 @@ class Encoder(nn.Module):
 
 class Attention(nn.Module):
     """Scores every encoder output m_s against the decoder's hidden state h_t and
-    reads the source through the softmax of the scores. Subclasses define the score."""
+    reads the source through the softmax of the scores. Subclasses define the scores."""
 
     def __init__(self, hidden_size: int):
         super().__init__()
@@ -148,14 +156,13 @@ class Attention(nn.Module):
         """memory (B, S, H) -> keys (B, S, H); computed once per sentence."""
         return self.key(memory)
 
-    def score(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        """query (B, H), keys (B, S, H) -> scores (B, S)."""
+    def scores(self, query: torch.Tensor, source: EncoderOutput) -> torch.Tensor:
+        """query (B, H) -> scores (B, S), -inf at padding."""
         raise NotImplementedError
 
     def forward(self, query: torch.Tensor, source: EncoderOutput) -> tuple[torch.Tensor, torch.Tensor]:
         """query (B, H) -> context (B, H), weights (B, S)."""
-        scores = self.score(query, source.keys).masked_fill(~source.mask, float("-inf"))  # (B, S)
-        weights = torch.softmax(scores, dim=-1)  # (B, S)
+        weights = torch.softmax(self.scores(query, source), dim=-1)  # (B, S)
         context = torch.bmm(weights[:, None, :], source.memory).squeeze(1)  # (B, H)
         return context, weights
 
@@ -163,8 +170,8 @@ class Attention(nn.Module):
 class LuongAttention(Attention):
     """Luong et al. 2015, "general": score(h_t, m_s) = h_t . (W_a m_s)."""
 
-    def score(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        return torch.bmm(keys, query[:, :, None]).squeeze(2)  # (B, S)
+    def scores(self, query: torch.Tensor, source: EncoderOutput) -> torch.Tensor:
+        return torch.bmm(source.keys, query[:, :, None]).squeeze(2).masked_fill(~source.mask, float("-inf"))
 
 
 class BahdanauAttention(Attention):
@@ -175,8 +182,12 @@ class BahdanauAttention(Attention):
         self.query = nn.Linear(hidden_size, hidden_size, bias=True)
         self.energy = nn.Linear(hidden_size, 1, bias=False)
 
-    def score(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        return self.energy(torch.tanh(keys + self.query(query)[:, None, :])).squeeze(2)  # (B, S)
+    def scores(self, query: torch.Tensor, source: EncoderOutput) -> torch.Tensor:
+        # Only the real positions are scored: in a batch of sentences of many lengths
+        # (a server's), padding is often 40% of the (B, S) grid and the tanh its largest cost.
+        rows, positions, keys = source.real  # (N,), (N,), (N, H)
+        energy = self.energy(torch.tanh(keys + self.query(query).index_select(0, rows))).squeeze(1)  # (N,)
+        return energy.new_full(source.mask.shape, float("-inf")).index_put_((rows, positions), energy)
 
 
 ATTENTION_CLASSES: dict[AttentionKind, type[Attention]] = {
