@@ -30,9 +30,6 @@ from typer.testing import CliRunner
 
 from mt.cli import app
 
-# The trained model of these tests (`cli_run`, 15-20 s) is built once: they all run on one pytest-xdist worker.
-pytestmark = pytest.mark.xdist_group("cli_run")
-
 # --------------------------------------------------------------------------
 # Helpers
 
