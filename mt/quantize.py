@@ -9,8 +9,11 @@ GRU and RNN states, the attentional vector and the encoder outputs lie in
 [-1, 1]; the embeddings within their largest weight). The unbounded inputs,
 an LSTM's final cell state and the projected features of a tied output layer,
 are scaled row by row.
-An int8 product accumulates exactly in int32, so every row's result is the
-same alone or in any batch: a server that batches the sentences of many
+An int8 product accumulates exactly in int32, so every row's products are the
+same alone or in any batch. The fp32 parts (the attention's softmax and
+weighted sums, the gates' nonlinearities) work row by row too, and a
+sentence's logits come out bit-identical alone and in any batch
+(`tests/test_quantize.py`): a server that batches the sentences of many
 requests gives each what `mt translate --quantize` gives for it alone.
 
 The recurrent layers run step by step in Python (`mt.cells.UnrolledRNN`), the
