@@ -90,7 +90,8 @@ def training(options: dict) -> dict:
     (`"recipe": "attention"`: Bahdanau attention, bidirectional encoder, H 448):
     mt's trainer (length-bucketed batches), the same with the previous loss
     (`"loop": "mt_previous_loss"`: the full (B*T, V) logits, then F.cross_entropy),
-    or the textbook loop (shuffled batches of a fixed number of sentences)."""
+    or the textbook loop (shuffled batches of a fixed number of sentences);
+    `"bf16": true` trains mt's loop under bf16 autocast (`mt train --bf16`)."""
     import datasets
 
     from mt import train
@@ -101,7 +102,7 @@ def training(options: dict) -> dict:
 
     datasets.disable_progress_bars()
     tokenizers = load_checkpoint(options["tokenizer_model"]).tokenizers
-    train_config = TrainConfig(batch_tokens=options["batch_tokens"])
+    train_config = TrainConfig(batch_tokens=options["batch_tokens"], bf16=options.get("bf16", False))
     corpus = tokenize_corpus(
         load_corpus(options["train"], options["src"], options["tgt"]), tokenizers, train_config.max_length
     )
@@ -335,6 +336,10 @@ def table(results: dict) -> str:
     rows += [
         f"| training, attention recipe ({attention['parameters']:,} parameters), mt / previous loss | {attention['tokens_per_second']:,.0f} / {previous['tokens_per_second']:,.0f} tokens/s ({attention['tokens_per_second'] / previous['tokens_per_second']:.2f}x), peak {attention['peak_rss_mb']:.0f} / {previous['peak_rss_mb']:.0f} MB |",
     ]
+    if bf16 := results.get("attention_training_bf16"):
+        rows.append(
+            f"| training, attention recipe, mt --bf16 | {bf16['tokens_per_second']:,.0f} tokens/s ({bf16['tokens_per_second'] / previous['tokens_per_second']:.2f}x the previous loss in fp32), peak {bf16['peak_rss_mb']:.0f} MB |"
+        )
     for key, label in (
         ("greedy", "greedy"),
         ("beam5", "beam 5"),
@@ -381,6 +386,10 @@ def main(
     if phase_name:
         output.write_text(json.dumps(PHASES[phase_name](json.loads(phase_options))))
         return
+    import torch
+
+    from mt.train import bf16_supported
+
     for path in (model, tokenizer_model, test_src, test_ref):
         if not Path(path).exists():
             raise SystemExit(f"error: {path} does not exist (run `make data` for Multi30k)")
@@ -406,6 +415,8 @@ def main(
     attention = {**training_options, "recipe": "attention"}
     results["attention_training"] = run_phase("training", {**attention, "loop": "mt"})
     results["attention_training_previous"] = run_phase("training", {**attention, "loop": "mt_previous_loss"})
+    if bf16_supported(torch.device("cpu")):
+        results["attention_training_bf16"] = run_phase("training", {**attention, "loop": "mt", "bf16": True})
     for key, beam, quantize in (
         ("greedy", 1, False),
         ("beam5", 5, False),

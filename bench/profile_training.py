@@ -8,7 +8,7 @@ loop (its LSTM and attention inside it) and of the output layer with the loss
 (which, since the chunked loss, also computes that layer's gradients), the
 backward pass by the part that made each node, the optimizer and the data.
 
-    python bench/profile_training.py --updates 10
+    python bench/profile_training.py --updates 10 [--bf16]
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--tokenizer-model", default="checkpoints/de-en")
     parser.add_argument("--train", default="data/multi30k/train")
     parser.add_argument("--updates", type=int, default=10)
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast, as mt train --bf16")
     args = parser.parse_args()
 
     import datasets
@@ -55,7 +56,7 @@ def main() -> None:
 
     datasets.disable_progress_bars()
     tokenizers = load_checkpoint(ROOT / args.tokenizer_model).tokenizers
-    config = TrainConfig()
+    config = TrainConfig(bf16=args.bf16)
     corpus = tokenize_corpus(load_corpus(str(ROOT / args.train), "de", "en"), tokenizers, config.max_length)
     vocabulary = (tokenizers.source.vocab_size, tokenizers.target.vocab_size)
     with tempfile.TemporaryDirectory() as scratch:

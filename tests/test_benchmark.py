@@ -11,7 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
+
+from mt.train import bf16_supported
 
 BENCHMARK = Path(__file__).resolve().parent.parent / "bench" / "benchmark.py"
 
@@ -66,6 +69,8 @@ def test_benchmark_runs_on_a_tiny_slice_and_reports_every_measurement(
     ):
         assert key in results, key
     assert results["sentences"] == 6
+    # bf16 training is measured where the CPU has bf16 kernels, and only there.
+    assert ("attention_training_bf16" in results) == bf16_supported(torch.device("cpu"))
     assert all(math.isfinite(number) and number >= 0 for number in _numbers(results))
     assert results["training"]["updates"] >= 1 and results["cold_start_seconds"] > 0
     assert "| training speed-up over the textbook loop |" in result.stdout
