@@ -171,32 +171,54 @@ class _ChunkedOutputLoss(torch.autograd.Function):
         # inputs (N, D), weight (V, D), bias (V,) or None, target (N,)
         device = inputs.device.type
         compute = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else torch.float32
-        vocab = weight.size(0)
-        real = target != pad_id  # (N,)
-        count = real.sum().clamp_min(1)
+        vocab, width = weight.shape
+        real = (target != pad_id).nonzero().squeeze(1)  # (n,) the rows of real target tokens
+        count = max(real.numel(), 1)
         total = torch.zeros((), dtype=torch.float32, device=inputs.device)
-        grad_inputs = torch.empty_like(inputs)
         grad_weight = torch.zeros_like(weight, dtype=torch.float32)
         grad_bias = torch.zeros_like(bias, dtype=torch.float32) if bias is not None else None
         with torch.autocast(device, enabled=False):
-            x_all, w = inputs.to(compute), weight.to(compute)
+            x_all, y_all = inputs.index_select(0, real).to(compute), target.index_select(0, real)
+            w = weight.to(compute)
             b = bias.to(compute) if bias is not None else None
-            for start in range(0, inputs.size(0), LOSS_CHUNK_ROWS):
-                rows = slice(start, start + LOSS_CHUNK_ROWS)
-                x, y, keep = x_all[rows], target[rows], real[rows, None]
-                log_probs = F.linear(x, w, b).float().log_softmax(dim=-1)  # (n, V)
-                picked = log_probs.gather(1, y[:, None])  # (n, 1)
+            grad_real = torch.empty(real.numel(), width, dtype=torch.float32, device=inputs.device)
+            # One set of (rows, V) buffers for every chunk: fresh ones would be paged in again each time.
+            rows = min(LOSS_CHUNK_ROWS, real.numel())
+            logits_buffer = torch.empty(rows, vocab, dtype=compute, device=inputs.device)
+            log_probs_buffer = torch.empty(rows, vocab, dtype=torch.float32, device=inputs.device)
+            probs_buffer = (
+                torch.empty(rows, vocab, dtype=compute, device=inputs.device) if compute != torch.float32 else None
+            )
+            for start in range(0, real.numel(), LOSS_CHUNK_ROWS):
+                x, y = x_all[start : start + LOSS_CHUNK_ROWS], y_all[start : start + LOSS_CHUNK_ROWS]
+                n = x.size(0)
+                logits = (
+                    torch.addmm(b, x, w.t(), out=logits_buffer[:n])
+                    if b is not None
+                    else torch.mm(x, w.t(), out=logits_buffer[:n])
+                )
+                log_probs = torch.log_softmax(logits, dim=-1, dtype=torch.float32, out=log_probs_buffer[:n])
                 # torch's label smoothing: (1 - eps) * NLL + eps * the mean of -log p over the vocabulary
-                losses = -(1 - smoothing) * picked - smoothing * log_probs.mean(dim=-1, keepdim=True)
-                total += losses.masked_fill(~keep, 0.0).sum()
-                # d loss / d logits = softmax - (1 - eps) * onehot(target) - eps / V; zero on padding
-                grad = log_probs.exp_().sub_(smoothing / vocab)
-                grad.scatter_add_(1, y[:, None], torch.full_like(picked, smoothing - 1))
-                grad = grad.masked_fill_(~keep, 0.0).to(compute)
-                grad_inputs[rows] = grad @ w
-                grad_weight += (grad.t() @ x).float()
+                total -= (1 - smoothing) * log_probs.gather(1, y[:, None]).sum() + smoothing / vocab * log_probs.sum()
+                probs = log_probs.exp_()
                 if grad_bias is not None:
-                    grad_bias += grad.float().sum(dim=0)
+                    grad_bias += probs.sum(dim=0)
+                if compute != torch.float32:
+                    probs = probs_buffer[:n].copy_(probs)
+                grad_real[start : start + n] = probs @ w
+                grad_weight += (probs.t() @ x).float()
+            # d loss / d logits = softmax - eps / V - (1 - eps) * onehot(target): the loop applied the
+            # softmax; the two other terms, the same for every chunk, are applied once here.
+            uniform, onehot = smoothing / vocab, 1 - smoothing
+            x_all, w = x_all.float(), w.float()
+            grad_real -= uniform * w.sum(dim=0)
+            grad_real.sub_(w.index_select(0, y_all), alpha=onehot)
+            grad_weight -= uniform * x_all.sum(dim=0)
+            grad_weight.index_add_(0, y_all, x_all, alpha=-onehot)
+            if grad_bias is not None:
+                grad_bias -= uniform * real.numel()
+                grad_bias.index_add_(0, y_all, torch.ones_like(y_all, dtype=torch.float32), alpha=-onehot)
+        grad_inputs = torch.zeros_like(inputs).index_copy_(0, real, grad_real.to(inputs.dtype))
         ctx.save_for_backward(grad_inputs / count, grad_weight / count, None if bias is None else grad_bias / count)
         return total / count
 
