@@ -12,7 +12,7 @@ read from /proc at the end of each mode. Writes JSON and prints a Markdown table
 
     python bench/serve_load.py                    # 2,000 requests per level (several minutes on 2 cores)
     python bench/serve_load.py --requests 200     # a quick look
-    python bench/serve_load.py --quantize --modes on --clients 1,32   # int8, batching only
+    python bench/serve_load.py --no-quantize --modes on --clients 1,32   # fp32, batching only
 """
 
 from __future__ import annotations
@@ -38,12 +38,14 @@ STARTUP_SECONDS = 300
 DEFAULT_SOURCE = Path("data/multi30k/test_2016_flickr.de.gz")
 
 
-def reference_translations(model: str, sentences: list[str], beam: int, quantize: bool) -> tuple[list[str], float]:
-    """`mt translate --beam N [--quantize] < file`'s lines, and the seconds it took."""
+def reference_translations(
+    model: str, sentences: list[str], beam: int, quantize: bool | None
+) -> tuple[list[str], float]:
+    """`mt translate --beam N [--quantize | --no-quantize] < file`'s lines, and the seconds it took."""
     started = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-m", "mt", "translate", "--model", model, "--beam", str(beam)]
-        + (["--quantize"] if quantize else []),
+        + ([] if quantize is None else ["--quantize" if quantize else "--no-quantize"]),
         input="".join(s + "\n" for s in sentences),
         capture_output=True,
         text=True,
@@ -217,12 +219,22 @@ def main(
     clients: Annotated[str, typer.Option(help="Concurrency levels, comma-separated.")] = "1,8,32",
     beam: Annotated[int, typer.Option(help="Beam size of every request and of the reference.")] = 5,
     batch_wait_ms: Annotated[float, typer.Option(help="The server's wait for batch mates.")] = 5.0,
-    quantize: Annotated[bool, typer.Option(help="int8 weights in the server and the reference.")] = False,
+    quantize: Annotated[
+        bool | None,
+        typer.Option(
+            "--quantize/--no-quantize",
+            help="int8 or fp32 in the server and the reference. [default: mt's, int8 on x86 CPUs]",
+            show_default=False,
+        ),
+    ] = None,
     modes: Annotated[str, typer.Option(help="Batching on, off or both: on,off.")] = "on,off",
     output: Annotated[Path, typer.Option(help="Where to write the JSON results.")] = Path("runs/bench/serve_load.json"),
 ):
     """Load-test `mt serve` with and without cross-request batching; print a Markdown table."""
+    import torch
+
     from mt.data import read_lines
+    from mt.quantize import int8_by_default
 
     levels = [int(level) for level in clients.split(",")]
     if requests < 1 or not all(1 <= level <= 256 for level in levels):
@@ -236,7 +248,7 @@ def main(
         "sentences": len(sentences),
         "beam": beam,
         "batch_wait_ms": batch_wait_ms,
-        "quantize": quantize,
+        "quantize": int8_by_default(torch.device("cpu")) if quantize is None else quantize,
         "reference_seconds": reference_seconds,
         "modes": [],
     }

@@ -99,9 +99,12 @@ ModelOption = Annotated[
 ]
 BeamOption = Annotated[int, typer.Option("--beam", "-b", help="Beam size; 1 is greedy search.")]
 QuantizeOption = Annotated[
-    bool,
+    bool | None,
     typer.Option(
-        "--quantize", help="int8 weights in the recurrent, linear and output layers (CPU): faster, BLEU within 0.3."
+        "--quantize/--no-quantize",
+        help="int8 weights and products in the recurrent, linear and output layers (CPU), or fp32: "
+        "int8 is 1.3-2.4x faster at beam 5, BLEU within 0.3. [default: int8 on x86 CPUs, else fp32]",
+        show_default=False,
     ),
 ]
 LengthPenaltyOption = Annotated[
@@ -483,7 +486,7 @@ def _progress_reporter(console):
     )
 
 
-def _load_translator(model: list[Path] | None, device: Device, quantize: bool):
+def _load_translator(model: list[Path] | None, device: Device, quantize: bool | None):
     from mt.translator import Translator
 
     return Translator.from_checkpoints(model or [default_model()], resolve_device(device), quantize)
@@ -549,7 +552,7 @@ def evaluate_cli(
     output: Annotated[Path | None, typer.Option(help="Write the translations to this file (one model).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")] = False,
     device: DeviceOption = Device.auto,
-    quantize: QuantizeOption = False,
+    quantize: QuantizeOption = None,
 ):
     """Translate a file and score it against references with sacreBLEU (BLEU, chrF, TER).
 
@@ -580,7 +583,8 @@ def evaluate_cli(
         raise MTError(f"{src} has {len(sources)} lines but {ref} has {len(references)}")
     if not sources:
         raise MTError(f"{src} is empty")
-    hypotheses = [_load_translator(paths, device, quantize).translate(sources, decode) for paths in systems]
+    translators = [_load_translator(paths, device, quantize) for paths in systems]
+    hypotheses = [translator.translate(sources, decode) for translator in translators]
     if output is not None:
         write_atomic(output, "".join(h + "\n" for h in hypotheses[0]).encode())
     results = [
@@ -595,7 +599,7 @@ def evaluate_cli(
     if tested is not None:
         for result, intervals in zip(results, tested["systems"]):
             result.update({f"{name}_confidence": interval for name, interval in intervals.items()})
-    settings = {"beam": beam, "length_penalty": length_penalty, "quantize": quantize}
+    settings = {"beam": beam, "length_penalty": length_penalty, "quantize": translators[0].int8}
     if as_json:
         if len(results) == 1:
             body = {**results[0], **settings}
@@ -742,7 +746,7 @@ def translate_cli(
         bool, typer.Option("--split/--no-split", help="Translate a text of several sentences sentence by sentence.")
     ] = True,
     device: DeviceOption = Device.auto,
-    quantize: QuantizeOption = False,
+    quantize: QuantizeOption = None,
 ):
     """Translate text: from arguments, a pipe or a file (one line out per line in), or interactively.
 
@@ -1072,7 +1076,7 @@ def serve_cli(
         bool, typer.Option("--batching/--no-batching", help="Translate the requests that arrive together as one batch.")
     ] = True,
     device: DeviceOption = Device.auto,
-    quantize: QuantizeOption = False,
+    quantize: QuantizeOption = None,
 ):
     """Serve translations over HTTP: a LibreTranslate-compatible JSON API and a web page.
 

@@ -267,7 +267,7 @@ class TranslationWorker:
 def load_workers(
     models: Sequence[Path],
     device: torch.device | str = "cpu",
-    quantize: bool = False,
+    quantize: bool | None = None,
     batch_wait_ms: float = 5.0,
     batching: bool = True,
 ) -> list[TranslationWorker]:
@@ -554,7 +554,7 @@ def serve(
     batch_wait_ms: float = 5.0,
     batching: bool = True,
     device: torch.device | str = "cpu",
-    quantize: bool = False,
+    quantize: bool | None = None,
     echo: Callable[[str], None] | None = None,
 ) -> None:
     """Load `models` (default: the shipped de-en and en-de), listen on host:port
@@ -598,7 +598,7 @@ def serve(
     config = uvicorn.Config(
         app, host=host, port=port, log_config=log_config, timeout_graceful_shutdown=60, server_header=False
     )
-    pairs = ", ".join(f"{w.source}->{w.target}" for w in workers)
+    pairs = ", ".join(f"{w.source}->{w.target} ({'int8' if w.translator.int8 else 'fp32'})" for w in workers)
     url_host = f"[{host}]" if ":" in host else host
     echo(f"serving {pairs} on http://{url_host}:{port} (Ctrl-C to stop)")
     with _quiet_signal_exit():

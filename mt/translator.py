@@ -30,7 +30,7 @@ from mt.checkpoint import load_checkpoint
 from mt.config import DecodeConfig, MTError
 from mt.data import make_batches, source_tensors
 from mt.model import Ensemble, Seq2Seq
-from mt.quantize import quantize_int8
+from mt.quantize import Int8Linear, int8_by_default, quantize_int8
 from mt.search import search
 from mt.tokenizer import TokenizerPair
 
@@ -125,18 +125,23 @@ class Translator:
         self.max_tokens = min(max_tokens or limit, limit)
 
     @classmethod
-    def from_checkpoint(cls, path: Path, device: torch.device | str = "cpu", quantize: bool = False) -> Translator:
-        """The translator of a checkpoint file or directory; `quantize`: int8 weights (CPU only)."""
+    def from_checkpoint(
+        cls, path: Path, device: torch.device | str = "cpu", quantize: bool | None = None
+    ) -> Translator:
+        """The translator of a checkpoint file or directory; `quantize`: int8 weights (CPU only),
+        by default on x86 CPUs (`mt.quantize.int8_by_default`)."""
         return cls.from_checkpoints([path], device, quantize)
 
     @classmethod
     def from_checkpoints(
-        cls, paths: Sequence[Path], device: torch.device | str = "cpu", quantize: bool = False
+        cls, paths: Sequence[Path], device: torch.device | str = "cpu", quantize: bool | None = None
     ) -> Translator:
         """One checkpoint's translator, or an ensemble of several that share one tokenizer
         (each step averages their log-probabilities); the first one's record sets the
         source language and the length limit."""
         device = torch.device(device)
+        if quantize is None:
+            quantize = int8_by_default(device)
         if quantize and device.type != "cpu":
             raise MTError(f"--quantize runs on the CPU only; add --device cpu (the model would run on {device.type})")
         checkpoints = [load_checkpoint(path, device) for path in paths]
@@ -158,6 +163,11 @@ class Translator:
             source_language=info.get("source_language") or "en",
             max_tokens=(info.get("train_config") or {}).get("max_length"),
         )
+
+    @property
+    def int8(self) -> bool:
+        """Whether the model runs in int8 (`mt.quantize`)."""
+        return any(isinstance(module, Int8Linear) for module in self.model.modules())
 
     # -- texts -> segments -------------------------------------------------
 

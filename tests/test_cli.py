@@ -433,6 +433,20 @@ def test_evaluate_and_translate_quantized_give_one_line_each_and_no_warnings(cli
     assert process.stderr.decode() == ""
 
 
+def test_evaluate_runs_the_default_precision_unless_told_and_reports_it(cli_corpus, cli_model):
+    from mt.quantize import int8_by_default
+
+    def precision(*flags: str) -> bool:
+        arguments = ["--src", cli_corpus.valid_src, "--ref", cli_corpus.valid_ref, "--json", "--device", "cpu"]
+        result = _invoke(["evaluate", "-m", cli_model, *arguments, *flags])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)["quantize"]
+
+    assert precision() is int8_by_default(torch.device("cpu"))
+    assert precision("--no-quantize") is False
+    assert precision("--quantize") is True
+
+
 def test_evaluate_text_report_has_bleu_chrf_and_ter_lines(cli_corpus, cli_model):
     result = _invoke(
         [

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import platform
+
 import torch
 from helpers import scramble
 
-from mt.quantize import Int8Linear, Int8RNN, quantize_int8
+from mt.quantize import Int8Linear, Int8RNN, int8_by_default, quantize_int8
+
+
+def test_int8_is_the_default_on_x86_cpus_only(monkeypatch):
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    assert int8_by_default(torch.device("cpu")) is x86
+    assert int8_by_default(torch.device("cuda")) is False
+    monkeypatch.setattr(torch.backends.quantized, "engine", "qnnpack")  # ARM's int8 engine: not measured
+    assert int8_by_default(torch.device("cpu")) is False
 
 
 def test_int8_model_stays_close_to_fp32(architecture, make_model, make_sources):
