@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import platform
 
+import pytest
 import torch
 from helpers import scramble
 
+from mt.model import EncoderOutput
 from mt.quantize import Int8Linear, Int8RNN, int8_by_default, quantize_int8
 
 
@@ -59,3 +61,28 @@ def test_int8_logits_of_a_sentence_are_the_same_alone_and_in_any_batch(architect
             pair = [row, (row + 1) % 4]
             with_another, _ = model(source[pair], lengths[pair], target_in[pair])
             assert torch.equal(with_another[0], together[row]), row
+
+
+@pytest.mark.parametrize("kind", ["luong", "bahdanau"])
+def test_int8_attention_scores_of_a_sentence_are_the_same_alone_and_in_any_batch(kind, make_model):
+    """A CPU matrix-vector kernel sums in an order that depends on the batch; the scores
+    must not, or int8's rounding downstream turns a last-bit difference into another
+    translation (a sentence of test2016 did: a server's batch and `mt translate` disagreed)."""
+    model = quantize_int8(make_model(attention=kind, embedding_size=32, hidden_size=64))
+    attention = model.decoder.attention
+    torch.manual_seed(0)
+    lengths = torch.tensor([13, 20, 5, 17, 9, 14])
+    memory = torch.rand(6, 20, 64) * 2 - 1  # encoder outputs lie in [-1, 1]
+    mask = torch.arange(20) < lengths[:, None]
+    query = torch.rand(6, 64) * 2 - 1
+
+    def scores(rows: list[int], length: int) -> torch.Tensor:
+        keys = attention.keys(memory[rows, :length])
+        return attention.scores(query[rows], EncoderOutput(memory[rows, :length], keys, mask[rows, :length]))
+
+    with torch.inference_mode():
+        together = scores(list(range(6)), 20)
+        for row, length in enumerate(lengths.tolist()):
+            assert torch.equal(scores([row], length)[0], together[row, :length]), row
+            assert torch.equal(scores([row, (row + 1) % 6], 20)[0], together[row]), row
+            assert torch.equal(scores(list(range(row + 1)), 20)[row], together[row]), row
