@@ -10,11 +10,16 @@ GRU and RNN states, the attentional vector and the encoder outputs lie in
 an LSTM's final cell state and the projected features of a tied output layer,
 are scaled row by row.
 An int8 product accumulates exactly in int32, so every row's products are the
-same alone or in any batch. The fp32 parts (the attention's softmax and
-weighted sums, the gates' nonlinearities) work row by row too, and a
+same alone or in any batch. The fp32 parts (the attention's scores, softmax
+and weighted sums, the gates' nonlinearities) work row by row too, and a
 sentence's logits come out bit-identical alone and in any batch
 (`tests/test_quantize.py`): a server that batches the sentences of many
-requests gives each what `mt translate --quantize` gives for it alone.
+requests gives each what `mt translate` gives for it alone. (A matrix-vector
+kernel would not do: it sums in an order that depends on the batch, and int8's
+rounding downstream turns a last-bit difference into another translation.)
+
+int8 is the default of `mt translate`, `mt evaluate` and `mt serve` on x86
+CPUs (`int8_by_default`).
 
 The recurrent layers run step by step in Python (`mt.cells.UnrolledRNN`), the
 attention's softmax and weighted sums stay fp32.
