@@ -583,8 +583,10 @@ def evaluate_cli(
         raise MTError(f"{src} has {len(sources)} lines but {ref} has {len(references)}")
     if not sources:
         raise MTError(f"{src} is empty")
-    translators = [_load_translator(paths, device, quantize) for paths in systems]
-    hypotheses = [translator.translate(sources, decode) for translator in translators]
+    hypotheses = []
+    for paths in systems:  # one model in memory at a time
+        translator = _load_translator(paths, device, quantize)
+        hypotheses.append(translator.translate(sources, decode))
     if output is not None:
         write_atomic(output, "".join(h + "\n" for h in hypotheses[0]).encode())
     results = [
@@ -599,7 +601,7 @@ def evaluate_cli(
     if tested is not None:
         for result, intervals in zip(results, tested["systems"]):
             result.update({f"{name}_confidence": interval for name, interval in intervals.items()})
-    settings = {"beam": beam, "length_penalty": length_penalty, "quantize": translators[0].int8}
+    settings = {"beam": beam, "length_penalty": length_penalty, "quantize": translator.int8}
     if as_json:
         if len(results) == 1:
             body = {**results[0], **settings}

@@ -210,7 +210,7 @@ class _ChunkedOutputLoss(torch.autograd.Function):
             # d loss / d logits = softmax - eps / V - (1 - eps) * onehot(target): the loop applied the
             # softmax; the two other terms, the same for every chunk, are applied once here.
             uniform, onehot = smoothing / vocab, 1 - smoothing
-            x_all, w = x_all.float(), w.float()
+            x_all, w = x_all.float(), weight.float()  # the fp32 weight itself, not its bf16 copy converted back
             grad_real -= uniform * w.sum(dim=0)
             grad_real.sub_(w.index_select(0, y_all), alpha=onehot)
             grad_weight -= uniform * x_all.sum(dim=0)
