@@ -91,7 +91,8 @@ def training(options: dict) -> dict:
     mt's trainer (length-bucketed batches), the same with the previous loss
     (`"loop": "mt_previous_loss"`: the full (B*T, V) logits, then F.cross_entropy),
     or the textbook loop (shuffled batches of a fixed number of sentences);
-    `"bf16": true` trains mt's loop under bf16 autocast (`mt train --bf16`)."""
+    `"bf16": true` trains mt's loop under bf16 autocast (`mt train --bf16`), `"compile": true`
+    with the decoder's step compiled (`mt train --compile`; its compilation is in the warm-up update)."""
     import datasets
 
     from mt import train
@@ -102,7 +103,9 @@ def training(options: dict) -> dict:
 
     datasets.disable_progress_bars()
     tokenizers = load_checkpoint(options["tokenizer_model"]).tokenizers
-    train_config = TrainConfig(batch_tokens=options["batch_tokens"], bf16=options.get("bf16", False))
+    train_config = TrainConfig(
+        batch_tokens=options["batch_tokens"], bf16=options.get("bf16", False), compile=options.get("compile", False)
+    )
     corpus = tokenize_corpus(
         load_corpus(options["train"], options["src"], options["tgt"]), tokenizers, train_config.max_length
     )
@@ -162,7 +165,7 @@ def _measure_training(options: dict, config, train_config: TrainConfig, tokenize
     sources, targets = corpus.ids(torch.arange(len(corpus)))
     source_length = torch.tensor([len(ids) + 1 for ids in sources])  # + eos
     target_length = torch.tensor([len(ids) + 1 for ids in targets])  # + bos or eos
-    step(batches[0])  # warm-up: allocator, thread pool
+    step(batches[0])  # warm-up: allocator, thread pool, torch.compile
     source_tokens = target_tokens = padded = updates = 0
     started = time.perf_counter()
     for indices in itertools.cycle(batches[1:] or batches):
@@ -340,6 +343,10 @@ def table(results: dict) -> str:
         rows.append(
             f"| training, attention recipe, mt --bf16 | {bf16['tokens_per_second']:,.0f} tokens/s ({bf16['tokens_per_second'] / previous['tokens_per_second']:.2f}x the previous loss in fp32), peak {bf16['peak_rss_mb']:.0f} MB |"
         )
+    if compiled := results.get("attention_training_bf16_compile"):
+        rows.append(
+            f"| training, attention recipe, mt --bf16 --compile | {compiled['tokens_per_second']:,.0f} tokens/s ({compiled['tokens_per_second'] / previous['tokens_per_second']:.2f}x the previous loss in fp32, {compiled['tokens_per_second'] / bf16['tokens_per_second']:.2f}x --bf16), peak {compiled['peak_rss_mb']:.0f} MB |"
+        )
     for key, label in (
         ("greedy", "greedy"),
         ("beam5", "beam 5"),
@@ -388,7 +395,7 @@ def main(
         return
     import torch
 
-    from mt.train import bf16_supported
+    from mt.train import bf16_supported, compiler_found
 
     for path in (model, tokenizer_model, test_src, test_ref):
         if not Path(path).exists():
@@ -416,7 +423,10 @@ def main(
     results["attention_training"] = run_phase("training", {**attention, "loop": "mt"})
     results["attention_training_previous"] = run_phase("training", {**attention, "loop": "mt_previous_loss"})
     if bf16_supported(torch.device("cpu")):
-        results["attention_training_bf16"] = run_phase("training", {**attention, "loop": "mt", "bf16": True})
+        bf16 = {**attention, "loop": "mt", "bf16": True}
+        results["attention_training_bf16"] = run_phase("training", bf16)
+        if compiler_found():
+            results["attention_training_bf16_compile"] = run_phase("training", {**bf16, "compile": True})
     for key, beam, quantize in (
         ("greedy", 1, False),
         ("beam5", 5, False),

@@ -189,6 +189,7 @@ class TrainConfig(_JSONConfig):
     max_minutes: float = 0.0
     keep_checkpoints: int = 0
     bf16: bool = False  # bf16 autocast for the forward pass and loss
+    compile: bool = False  # torch.compile the attention decoder's step (`Decoder.compile_step`)
 
     def __post_init__(self) -> None:
         self._check_types()

@@ -228,6 +228,16 @@ class Decoder(nn.Module):
         self.readout = nn.Linear(hidden, config.embedding_size if config.tie_embeddings else config.tgt_vocab_size)
         self.output_bias = nn.Parameter(torch.zeros(config.tgt_vocab_size)) if config.tie_embeddings else None
         self.quantized_output: nn.Module | None = None  # set by `quantize_int8`
+        self.compiled_step: Callable | None = None  # set by `compile_step`
+
+    def compile_step(self) -> None:
+        """Train with the step loop's body compiled by torch.compile (`mt train --compile`).
+        Inductor fuses the step's many small operations, forward and backward, and under
+        bf16 autocast the casts between them; translation keeps the eager step. The LSTM's
+        dropout between layers draws its masks another way (uniform numbers, not Bernoulli
+        ones): the same distribution, not the same masks as the eager step's."""
+        torch._dynamo.config.allow_rnn = True  # trace the one-step nn.LSTM call into the graph
+        self.compiled_step = torch.compile(self.step, dynamic=True)
 
     def output_layer(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """features (..., H) -> the V-way output layer's input (..., D), weight (V, D)
@@ -254,16 +264,28 @@ class Decoder(nn.Module):
             outputs, rnn_state = self.rnn(embedded, state.rnn)  # (B, T, H)
             return outputs, DecoderState(rnn_state, None), None
         rnn_state, feed = state.rnn, state.feed
+        step = self.step
+        if self.training and self.compiled_step is not None:
+            step = self.compiled_step
+            source.real  # noqa: B018  (Bahdanau's positions: a nonzero() is no graph's, so computed here)
         features, weights = [], []
         for t in range(target_in.size(1)):  # unrolled in time: each step reads the last attentional vector
-            step_input = torch.cat([embedded[:, t], feed], dim=-1)[:, None, :]  # (B, 1, E + H)
-            output, rnn_state = self.rnn(step_input, rnn_state)
-            hidden = output[:, 0]  # (B, H)
-            context, step_weights = self.attention(hidden, source)
-            feed = torch.tanh(self.combine(torch.cat([context, hidden], dim=-1)))  # (B, H)
+            feed, rnn_state, step_weights = step(embedded[:, t], feed, rnn_state, source)
             features.append(feed)
             weights.append(step_weights)
         return torch.stack(features, 1), DecoderState(rnn_state, feed), torch.stack(weights, 1)
+
+    def step(
+        self, embedded: torch.Tensor, feed: torch.Tensor, rnn_state: State, source: EncoderOutput
+    ) -> tuple[torch.Tensor, State, torch.Tensor]:
+        """One step with attention: embedded (B, E) and the last attentional vector feed
+        (B, H) -> the new attentional vector (B, H), RNN state, attention weights (B, S)."""
+        step_input = torch.cat([embedded, feed], dim=-1)[:, None, :]  # (B, 1, E + H)
+        output, rnn_state = self.rnn(step_input, rnn_state)
+        hidden = output[:, 0]  # (B, H)
+        context, weights = self.attention(hidden, source)
+        feed = torch.tanh(self.combine(torch.cat([context, hidden], dim=-1)))  # (B, H)
+        return feed, rnn_state, weights
 
 
 class Seq2Seq(nn.Module):

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from mt import distributed
 from mt.checkpoint import load_checkpoint, read_info, resolve, save_checkpoint, write_atomic
-from mt.config import DecodeConfig, ModelConfig, MTError, TrainConfig
+from mt.config import AttentionKind, DecodeConfig, ModelConfig, MTError, TrainConfig
 from mt.data import TokenizedCorpus, collate, make_batches
 from mt.evaluate import score
 from mt.model import Decoder, Seq2Seq
@@ -143,6 +143,29 @@ def bf16_supported(device: torch.device) -> bool:
     except RuntimeError:
         return False
     return True
+
+
+def compiler_found() -> bool:
+    """Whether torch.compile finds the C++ compiler it builds its CPU code with (g++, or $CXX)."""
+    from torch._inductor.cpp_builder import get_cpp_compiler
+    from torch._inductor.exc import InvalidCxxCompiler
+
+    try:
+        get_cpp_compiler()
+    except InvalidCxxCompiler:
+        return False
+    return True
+
+
+def check_compilable(model_config: ModelConfig, device: torch.device) -> None:
+    """Refuse `--compile` where it cannot work: without attention there is no step loop to
+    compile, and on a CPU torch.compile writes C++ that a compiler must build."""
+    if model_config.attention == AttentionKind.none:
+        raise MTError("--compile compiles the attention decoder's step loop; this model has no attention")
+    if device.type == "cpu" and not compiler_found():
+        raise MTError(
+            "--compile: torch.compile found no C++ compiler here; install g++ (or set CXX), or train without --compile"
+        )
 
 
 def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float, pad_id: int) -> torch.Tensor:
@@ -261,10 +284,10 @@ def _load_optimizer(
 
 
 # TrainConfig fields a resumed run may change: the budget, the schedule of validations and
-# checkpoints, and how the update is computed (workers x accumulate batches, bf16).
+# checkpoints, and how the update is computed (workers x accumulate batches, bf16, compile).
 RESUMABLE_CHANGES = {
     "max_epochs", "max_steps", "max_minutes", "patience", "validate_every", "validation_beam",
-    "keep_checkpoints", "accumulate", "bf16",
+    "keep_checkpoints", "accumulate", "bf16", "compile",
 }  # fmt: skip
 
 
@@ -419,6 +442,9 @@ class Trainer:
             )
         torch.manual_seed(train_config.seed)
         self.model = Seq2Seq(model_config).to(device)
+        if train_config.compile:
+            check_compilable(model_config, device)
+            self.model.decoder.compile_step()
         # The module the training steps run: DDP averages the workers' gradients in backward.
         self.network = self.model
         if self.workers.world_size > 1:

@@ -14,7 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from mt.train import bf16_supported
+from mt.train import bf16_supported, compiler_found
 
 BENCHMARK = Path(__file__).resolve().parent.parent / "bench" / "benchmark.py"
 
@@ -71,6 +71,8 @@ def test_benchmark_runs_on_a_tiny_slice_and_reports_every_measurement(
     assert results["sentences"] == 6
     # bf16 training is measured where the CPU has bf16 kernels, and only there.
     assert ("attention_training_bf16" in results) == bf16_supported(torch.device("cpu"))
+    # and compiled where torch.compile also finds a C++ compiler.
+    assert ("attention_training_bf16_compile" in results) == (bf16_supported(torch.device("cpu")) and compiler_found())
     assert all(math.isfinite(number) and number >= 0 for number in _numbers(results))
     assert results["training"]["updates"] >= 1 and results["cold_start_seconds"] > 0
     assert "| training speed-up over the textbook loop |" in result.stdout

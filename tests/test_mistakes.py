@@ -221,6 +221,34 @@ def test_bf16_on_a_cpu_without_bf16_kernels_is_a_one_line_error(tmp_path, tokeni
     assert result.exit_code != 0 and result.stderr.strip().splitlines()[-1].startswith("error: --bf16")
 
 
+@pytest.mark.parametrize(
+    ("options", "compiler", "message"),
+    [
+        ((), "g++", "this model has no attention"),
+        (("--attention", "luong"), "/nonexistent/c++", "no C++ compiler"),
+    ],
+    ids=["no-attention", "no-compiler"],
+)
+def test_compile_where_it_cannot_work_is_a_one_line_error(
+    tmp_path, tokenizers, corpus_pairs, options, compiler, message
+):
+    from torch._inductor import config as inductor_config
+
+    tokenizers.save(tmp_path / "tokenizer")
+    prefix = tmp_path / "corpus"
+    for index, language in enumerate(("de", "en")):
+        (tmp_path / f"corpus.{language}").write_text("".join(pair[index] + "\n" for pair in corpus_pairs))
+    with inductor_config.patch({"cpp.cxx": (compiler,)}):  # the compilers torch.compile looks for
+        result = invoke(
+            "train", "--train", prefix, "--valid", prefix, "--tokenizer", tmp_path / "tokenizer",
+            "--output", tmp_path / "run", "--compile", "--device", "cpu", "--max-steps", "1", *options,
+        )  # fmt: skip
+    last = result.stderr.strip().splitlines()[-1]  # after the line on the training data read
+    assert result.exit_code != 0 and "Traceback" not in result.stderr
+    assert last.startswith("error: --compile") and message in last, last
+    assert not (tmp_path / "run" / "last.safetensors").exists()
+
+
 def test_an_unreachable_hub_is_one_line_at_once(tmp_path):
     with socket.socket() as probe:  # a port on 127.0.0.1 that nothing listens on
         probe.bind(("127.0.0.1", 0))

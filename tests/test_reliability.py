@@ -22,13 +22,16 @@ from mt.train import Interrupted, Trainer, bf16_supported
 from mt.translator import Translator
 
 TINY = dict(embedding_size=16, hidden_size=24, num_layers=1, dropout=0.2)
+ATTENTION = dict(attention="bahdanau", num_layers=2, bidirectional=True)  # dropout inside the decoder's step
 
 
-def make_trainer(tokenizers, corpus_pairs, output: Path, **train_options) -> Trainer:
+def make_trainer(tokenizers, corpus_pairs, output: Path, model: dict | None = None, **train_options) -> Trainer:
     sources = tokenizers.source.encode([s for s, _ in corpus_pairs])
     targets = tokenizers.target.encode([t for _, t in corpus_pairs])
     model_config = ModelConfig(
-        src_vocab_size=tokenizers.source.vocab_size, tgt_vocab_size=tokenizers.target.vocab_size, **TINY
+        src_vocab_size=tokenizers.source.vocab_size,
+        tgt_vocab_size=tokenizers.target.vocab_size,
+        **{**TINY, **(model or {})},
     )
     options = dict(batch_tokens=200, max_steps=12, validate_every=4, seed=3, patience=0)
     options.update(train_options)
@@ -210,9 +213,17 @@ def test_training_killed_mid_run_resumes_from_its_last_checkpoint(corpus_prefix,
 @pytest.mark.skipif(
     not bf16_supported(torch.device("cpu")), reason="this CPU has no bf16 LSTM kernels (AVX512-BF16 or AMX)"
 )
-def test_bf16_training_computes_in_bf16_keeps_fp32_weights_and_learns(tokenizers, corpus_pairs, tmp_path):
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_bf16_training_computes_in_bf16_keeps_fp32_weights_and_learns(tokenizers, corpus_pairs, tmp_path, compiled):
     trainer = make_trainer(
-        tokenizers, corpus_pairs, tmp_path / "run", bf16=True, label_smoothing=0.0, learning_rate=0.01
+        tokenizers,
+        corpus_pairs,
+        tmp_path / "run",
+        model=ATTENTION if compiled else None,
+        bf16=True,
+        compile=compiled,
+        label_smoothing=0.0,
+        learning_rate=0.01,
     )
     seen = []
     trainer.model.decoder.readout.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
@@ -221,3 +232,27 @@ def test_bf16_training_computes_in_bf16_keeps_fp32_weights_and_learns(tokenizers
     assert set(seen) == {torch.bfloat16}
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
     assert losses[-1] < 0.75 * losses[0], losses  # stale bf16 weights would repeat the first loss
+
+
+def test_the_compiled_decoder_step_trains_as_the_eager_one(tokenizers, corpus_pairs, tmp_path):
+    """`--compile` changes how the attention decoder's step runs, not what it computes: the
+    same losses and gradients (fp32, to float tolerance). Without dropout: the compiled
+    LSTM draws its masks another way (`Decoder.compile_step`)."""
+    model = {**ATTENTION, "dropout": 0.0}
+    eager = make_trainer(tokenizers, corpus_pairs, tmp_path / "eager", model=model)
+    compiled = make_trainer(tokenizers, corpus_pairs, tmp_path / "compiled", model=model, compile=True)
+    assert compiled.model.decoder.compiled_step is not None
+    for update, batch in enumerate([torch.arange(8), torch.arange(8, 20), torch.arange(4, 10)]):
+        expected, got = eager.train_step([batch]), compiled.train_step([batch])
+        assert got[0] == pytest.approx(expected[0], rel=1e-5), update
+        if update == 0:  # the same weights went in: the same gradients come out
+            for (name, a), b in zip(eager.model.named_parameters(), compiled.model.parameters()):
+                torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_compiled_training_with_dropout_repeats_bit_for_bit(tokenizers, corpus_pairs, tmp_path):
+    first = make_trainer(tokenizers, corpus_pairs, tmp_path / "a", model=ATTENTION, compile=True, max_steps=3)
+    first.run()
+    second = make_trainer(tokenizers, corpus_pairs, tmp_path / "b", model=ATTENTION, compile=True, max_steps=3)
+    second.run()
+    assert_same_weights(weights(first.model), weights(second.model))
