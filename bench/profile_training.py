@@ -8,7 +8,10 @@ loop (its LSTM and attention inside it) and of the output layer with the loss
 (which, since the chunked loss, also computes that layer's gradients), the
 backward pass by the part that made each node, the optimizer and the data.
 
-    python bench/profile_training.py --updates 10 [--bf16]
+    python bench/profile_training.py --updates 10 [--bf16] [--compile]
+
+With `--compile` (`mt train --compile`) the decoder's LSTM and attention run inside
+the compiled step: the profiler sees the step, not its parts, so their rows are empty.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ def main() -> None:
     parser.add_argument("--train", default="data/multi30k/train")
     parser.add_argument("--updates", type=int, default=10)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast, as mt train --bf16")
+    parser.add_argument("--compile", action="store_true", help="the decoder's step compiled, as mt train --compile")
     args = parser.parse_args()
 
     import datasets
@@ -56,7 +60,7 @@ def main() -> None:
 
     datasets.disable_progress_bars()
     tokenizers = load_checkpoint(ROOT / args.tokenizer_model).tokenizers
-    config = TrainConfig(bf16=args.bf16)
+    config = TrainConfig(bf16=args.bf16, compile=args.compile)
     corpus = tokenize_corpus(load_corpus(str(ROOT / args.train), "de", "en"), tokenizers, config.max_length)
     vocabulary = (tokenizers.source.vocab_size, tokenizers.target.vocab_size)
     with tempfile.TemporaryDirectory() as scratch:
@@ -82,7 +86,7 @@ def main() -> None:
     torch.Tensor.backward = scoped_backward
 
     batches = make_batches(corpus.lengths, config.batch_tokens, torch.Generator().manual_seed(1))
-    for indices in batches[:3]:
+    for indices in batches[:3]:  # warm-up (with --compile, the compilation)
         trainer.train_step([indices])
     measured = batches[3 : 3 + args.updates]
     started = time.perf_counter()

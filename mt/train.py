@@ -149,12 +149,13 @@ def bf16_supported(device: torch.device) -> bool:
 
 def keep_freed_memory() -> None:
     """Have glibc's malloc keep the memory that torch frees, for the next tensors of the
-    same sizes, instead of handing it back to the kernel: by default blocks from 128 KiB
-    up are mapped and unmapped per tensor, a large free top of the heap is trimmed, and
-    each page is faulted in again when it is reused (16,000-20,000 page faults per update
-    of the attention recipe in its first updates; 9,000-10,000 with this). Updates are
-    2-5% faster (`docs/benchmarks.md`); memory stays near its peak, as in training it
-    would anyway. A no-op where the C library is not glibc (macOS, musl)."""
+    same sizes, instead of handing it back to the kernel. By default it maps large blocks
+    (from 128 KiB; the threshold rises as such blocks are freed) and unmaps them when they
+    are freed, and trims a large free top of the heap; every page of fresh memory is then
+    faulted in again (16,000-20,000 page faults per update in the first updates of the
+    attention recipe, 9,000-10,000 with this). Updates are 2-5% faster
+    (`docs/benchmarks.md`); memory stays near its peak, as in training it would anyway.
+    A no-op where the C library is not glibc (macOS, musl)."""
     if not sys.platform.startswith("linux"):
         return
     try:

@@ -18,11 +18,12 @@ from mt.checkpoint import load_checkpoint, save_checkpoint
 from mt.config import DecodeConfig, ModelConfig, MTError, TrainConfig
 from mt.data import TokenizedCorpus
 from mt.model import Seq2Seq
-from mt.train import Interrupted, Trainer, bf16_supported
+from mt.train import Interrupted, Trainer, bf16_supported, compiler_found
 from mt.translator import Translator
 
 TINY = dict(embedding_size=16, hidden_size=24, num_layers=1, dropout=0.2)
 ATTENTION = dict(attention="bahdanau", num_layers=2, bidirectional=True)  # dropout inside the decoder's step
+needs_compiler = pytest.mark.skipif(not compiler_found(), reason="torch.compile finds no C++ compiler (g++)")
 
 
 def make_trainer(tokenizers, corpus_pairs, output: Path, model: dict | None = None, **train_options) -> Trainer:
@@ -213,7 +214,7 @@ def test_training_killed_mid_run_resumes_from_its_last_checkpoint(corpus_prefix,
 @pytest.mark.skipif(
     not bf16_supported(torch.device("cpu")), reason="this CPU has no bf16 LSTM kernels (AVX512-BF16 or AMX)"
 )
-@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=needs_compiler)], ids=["eager", "compiled"])
 def test_bf16_training_computes_in_bf16_keeps_fp32_weights_and_learns(tokenizers, corpus_pairs, tmp_path, compiled):
     trainer = make_trainer(
         tokenizers,
@@ -234,6 +235,7 @@ def test_bf16_training_computes_in_bf16_keeps_fp32_weights_and_learns(tokenizers
     assert losses[-1] < 0.75 * losses[0], losses  # stale bf16 weights would repeat the first loss
 
 
+@needs_compiler
 def test_the_compiled_decoder_step_trains_as_the_eager_one(tokenizers, corpus_pairs, tmp_path):
     """`--compile` changes how the attention decoder's step runs, not what it computes: the
     same losses and gradients (fp32, to float tolerance). Without dropout: the compiled
@@ -250,6 +252,7 @@ def test_the_compiled_decoder_step_trains_as_the_eager_one(tokenizers, corpus_pa
                 torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
+@needs_compiler
 def test_compiled_training_with_dropout_repeats_bit_for_bit(tokenizers, corpus_pairs, tmp_path):
     first = make_trainer(tokenizers, corpus_pairs, tmp_path / "a", model=ATTENTION, compile=True, max_steps=3)
     first.run()
