@@ -52,7 +52,7 @@ lint: install
 serve: install
 	$(BIN)/mt serve
 
-# Speed, memory and quality on this machine (about 7 minutes on 2 cores); see docs/benchmarks.md.
+# Speed, memory and quality on this machine (about 11 minutes on 2 cores); see docs/benchmarks.md.
 bench: data
 	$(BIN)/python bench/benchmark.py
 
