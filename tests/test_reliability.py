@@ -243,13 +243,15 @@ def test_the_compiled_decoder_step_trains_as_the_eager_one(tokenizers, corpus_pa
     model = {**ATTENTION, "dropout": 0.0}
     eager = make_trainer(tokenizers, corpus_pairs, tmp_path / "eager", model=model)
     compiled = make_trainer(tokenizers, corpus_pairs, tmp_path / "compiled", model=model, compile=True)
-    assert compiled.model.decoder.compiled_step is not None
+    compiled_step, calls = compiled.model.decoder.compiled_step, []
+    compiled.model.decoder.compiled_step = lambda *args: calls.append(1) or compiled_step(*args)
     for update, batch in enumerate([torch.arange(8), torch.arange(8, 20), torch.arange(4, 10)]):
         expected, got = eager.train_step([batch]), compiled.train_step([batch])
         assert got[0] == pytest.approx(expected[0], rel=1e-5), update
         if update == 0:  # the same weights went in: the same gradients come out
             for (name, a), b in zip(eager.model.named_parameters(), compiled.model.parameters()):
                 torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert calls  # the training steps went through the compiled step
 
 
 @needs_compiler
