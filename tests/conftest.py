@@ -24,6 +24,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 if "HF_DATASETS_CACHE" not in os.environ:  # corpora read by the tests are cached here, not in ~/.cache
     os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="mt-tests-datasets-")
     atexit.register(shutil.rmtree, os.environ["HF_DATASETS_CACHE"], ignore_errors=True)
+# torch.compile's cache (the --compile tests), one per ATEN_CPU_CAPABILITY: Inductor keys its
+# precompiled header without it, and a run under another capability fails to build against it.
+os.environ.setdefault(
+    "TORCHINDUCTOR_CACHE_DIR",
+    os.path.join(tempfile.gettempdir(), f"mt-tests-inductor-{os.environ.get('ATEN_CPU_CAPABILITY', 'native')}"),
+)
 
 from mt.checkpoint import save_checkpoint  # noqa: E402
 from mt.config import AttentionKind, Cell, ModelConfig  # noqa: E402
