@@ -153,7 +153,7 @@ def keep_freed_memory() -> None:
     (from 128 KiB; the threshold rises as such blocks are freed) and unmaps them when they
     are freed, and trims a large free top of the heap; every page of fresh memory is then
     faulted in again (16,000-20,000 page faults per update in the first updates of the
-    attention recipe, 9,000-10,000 with this). Updates are 2-5% faster
+    attention recipe, 8,500-11,000 with this). Updates are 2-5% faster
     (`docs/benchmarks.md`); memory stays near its peak, as in training it would anyway.
     A no-op where the C library is not glibc (macOS, musl)."""
     if not sys.platform.startswith("linux"):
