@@ -17,12 +17,13 @@ by side: W_f = [W_hf | W_if], b_f = b_hf + b_if.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+from mt.config import Cell
 
 
 def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -46,7 +47,8 @@ def _lecture_weights(
 
 
 def lstm_step(x_t, h_prev, C_prev, weights):
-    """One LSTM step. x_t (B, E), h_prev and C_prev (B, H) -> h_t, C_t and the gates (B, H)."""
+    """One LSTM step. x_t (B, E), h_prev and C_prev (B, H), the gates' (W, b) ->
+    h_t, C_t and the gates (B, H)."""
     (W_i, b_i), (W_f, b_f), (W_C, b_C), (W_o, b_o) = weights  # torch's gate order: input, forget, cell, output
     hx = torch.cat([h_prev, x_t], dim=-1)  # [h_{t-1}, x_t]
     f_t = torch.sigmoid(hx @ W_f.T + b_f)  # forget gate: how much of C_{t-1} to keep
@@ -58,30 +60,96 @@ def lstm_step(x_t, h_prev, C_prev, weights):
     return h_t, C_t, {"forget": f_t, "input": i_t, "output": o_t}
 
 
-def rnn_step(x_t, h_prev, weights):
-    """One plain (Elman) RNN step: h_t = tanh(W [h_{t-1}, x_t] + b)."""
+def rnn_step(x_t, h_prev, C_prev, weights):
+    """One plain (Elman) RNN step: h_t = tanh(W [h_{t-1}, x_t] + b); no cell state, no gates."""
     ((W, b),) = weights
     h_t = torch.tanh(torch.cat([h_prev, x_t], dim=-1) @ W.T + b)
-    return h_t
+    return h_t, None, {}
 
 
-def gru_step(x_t, h_prev, weight_ih, weight_hh, bias_ih, bias_hh):
+def gru_step(x_t, h_prev, C_prev, params):
     """One GRU step (Cho et al. 2014) in torch's formulation, where the reset
-    gate scales the recurrent part of the candidate after its bias."""
+    gate scales the recurrent part of the candidate after its bias; `params` are
+    torch's (weight_ih, weight_hh, bias_ih, bias_hh). No cell state."""
+    weight_ih, weight_hh, bias_ih, bias_hh = params
     gi = x_t @ weight_ih.T + bias_ih  # (B, 3H): reset, update, candidate parts from x_t
     gh = h_prev @ weight_hh.T + bias_hh  # (B, 3H): the same from h_{t-1}
-    return gru_update(gi, gh, h_prev)
+    return gru_update(gi, gh, h_prev, C_prev)
 
 
-def gru_update(gi, gh, h_prev):
-    """The GRU's gates and h_t (B, H) from the input's part gi and the previous
-    state's part gh (B, 3H) of the reset, update and candidate pre-activations."""
+# The updates below take a step's pre-activations already split into the input's
+# part gi = W_i x_t + b_i and the previous state's part gh = W_h h_{t-1} + b_h
+# (B, G*H), for layers that compute those products themselves (the int8 layers of
+# `mt.quantize`), and return h_t, C_t (None without a cell state) and the gates.
+
+
+def lstm_update(gi, gh, h_prev, C_prev):
+    """The LSTM's equations (`lstm_step`) on pre-activations (B, 4H) in torch's gate
+    order: input, forget, cell, output."""
+    gates = gi + gh
+    hidden = C_prev.size(1)
+    input_gate, forget_gate, _, output_gate = torch.sigmoid(gates).chunk(4, dim=1)
+    candidate = torch.tanh(gates[:, 2 * hidden : 3 * hidden])
+    cell_state = torch.addcmul(forget_gate * C_prev, input_gate, candidate)
+    return (
+        output_gate * torch.tanh(cell_state),
+        cell_state,
+        {"forget": forget_gate, "input": input_gate, "output": output_gate},
+    )
+
+
+def gru_update(gi, gh, h_prev, C_prev):
+    """The GRU's gates and h_t (B, H) from pre-activations (B, 3H): reset, update, candidate."""
     hidden = h_prev.size(-1)
     r_t = torch.sigmoid(gi[:, :hidden] + gh[:, :hidden])  # reset gate
     z_t = torch.sigmoid(gi[:, hidden : 2 * hidden] + gh[:, hidden : 2 * hidden])  # update gate
     n_t = torch.tanh(gi[:, 2 * hidden :] + r_t * gh[:, 2 * hidden :])  # candidate state
     h_t = (1 - z_t) * n_t + z_t * h_prev
-    return h_t, {"reset": r_t, "update": z_t}
+    return h_t, None, {"reset": r_t, "update": z_t}
+
+
+def rnn_update(gi, gh, h_prev, C_prev):
+    """The plain RNN's h_t = tanh(gi + gh) (B, H)."""
+    return torch.tanh(gi + gh), None, {}
+
+
+@dataclass(frozen=True)
+class CellType:
+    """All that differs between the recurrent cells, in one place (`CELL_TYPES`).
+
+    A step is `step(x_t, h_prev, C_prev, weights) -> (h_t, C_t, gates)` and an
+    update `update(gi, gh, h_prev, C_prev) -> (h_t, C_t, gates)`: x_t (B, I),
+    states (B, H), C None without a cell state, gates a dict of (B, H)."""
+
+    gates: int  # blocks of H rows in torch's weight matrices
+    has_cell_state: bool  # an LSTM carries C_t beside h_t
+    fused: type[nn.RNNBase]  # torch's kernel, with the parameters the reference layers copy
+    step: Callable  # the lecture's equations for one time step
+    update: Callable  # the same from pre-activations computed elsewhere (int8)
+    # The GRU's step reads torch's split weights: its reset gate scales the recurrent
+    # part alone, so W [h_{t-1}, x_t] cannot be formed for its candidate.
+    joined_weights: bool = True
+
+    @property
+    def states(self) -> int:
+        """State tensors per layer: h_t, and C_t for an LSTM (each bridged apart)."""
+        return 2 if self.has_cell_state else 1
+
+    def step_weights(self, params: list[torch.Tensor]):
+        """What `step` reads, from torch's (weight_ih, weight_hh, bias_ih, bias_hh) of one
+        layer and direction: each gate's lecture (W, b), or (GRU) those four as they are."""
+        if not self.joined_weights:
+            return params
+        return [_lecture_weights(*params, gate) for gate in range(self.gates)]
+
+
+CELL_TYPES: dict[Cell, CellType] = {
+    Cell.lstm: CellType(gates=4, has_cell_state=True, fused=nn.LSTM, step=lstm_step, update=lstm_update),
+    Cell.gru: CellType(
+        gates=3, has_cell_state=False, fused=nn.GRU, step=gru_step, update=gru_update, joined_weights=False
+    ),
+    Cell.rnn: CellType(gates=1, has_cell_state=False, fused=nn.RNN, step=rnn_step, update=rnn_update),
+}
 
 
 @dataclass
@@ -101,11 +169,16 @@ class UnrolledRNN(nn.Module):
     stops changing, which is what packing does. Subclasses say how one layer
     runs in one direction (`_run_direction`)."""
 
-    cell: str
+    cell: Cell
     hidden_size: int
     num_layers: int
     bidirectional: bool
     dropout: float = 0.0
+
+    @property
+    def cell_type(self) -> CellType:
+        """The description of this layer's cell (`CELL_TYPES`)."""
+        return CELL_TYPES[self.cell]
 
     def _run_direction(self, inputs, lengths, h, C, layer: int, suffix: str):
         """inputs (B, S, I) in processing order, lengths (B,) or None (no padding),
@@ -121,10 +194,11 @@ class UnrolledRNN(nn.Module):
             lengths = lengths.to(inputs.device)
         elif self.bidirectional:  # the backward direction reverses each sequence within its length
             lengths = torch.full((batch,), steps, device=inputs.device)
+        has_cell_state = self.cell_type.has_cell_state
         if state is None:
             zeros = inputs.new_zeros(self.num_layers * directions, batch, self.hidden_size)
-            state = (zeros, zeros) if self.cell == "lstm" else zeros
-        h0, c0 = state if self.cell == "lstm" else (state, [None] * len(state))  # GRU and RNN: no cell state
+            state = (zeros, zeros) if has_cell_state else zeros
+        h0, c0 = state if has_cell_state else (state, [None] * len(state))
         final_h, final_c = [], []
         layer_input = inputs
         for layer in range(self.num_layers):
@@ -140,7 +214,7 @@ class UnrolledRNN(nn.Module):
             if self.dropout and self.training and layer < self.num_layers - 1:
                 layer_input = nn.functional.dropout(layer_input, self.dropout, training=True)
         hidden = torch.stack(final_h)
-        return layer_input, ((hidden, torch.stack(final_c)) if self.cell == "lstm" else hidden)
+        return layer_input, ((hidden, torch.stack(final_c)) if has_cell_state else hidden)
 
 
 class ReferenceRNN(UnrolledRNN):
@@ -149,7 +223,7 @@ class ReferenceRNN(UnrolledRNN):
 
     def __init__(
         self,
-        cell: str,
+        cell: Cell | str,
         input_size: int,
         hidden_size: int,
         num_layers: int = 1,
@@ -157,10 +231,10 @@ class ReferenceRNN(UnrolledRNN):
         bidirectional: bool = False,
     ):
         super().__init__()
-        self.cell, self.hidden_size, self.num_layers = cell, hidden_size, num_layers
+        self.cell, self.hidden_size, self.num_layers = Cell(cell), hidden_size, num_layers
         self.dropout, self.bidirectional = dropout, bidirectional
         self.trace: Trace | None = None  # set to Trace() to record the next forward pass
-        gates = GATES[cell]
+        gates = self.cell_type.gates
         directions = 2 if bidirectional else 1
         bound = 1 / math.sqrt(hidden_size)
         for layer in range(num_layers):
@@ -179,21 +253,14 @@ class ReferenceRNN(UnrolledRNN):
         return [getattr(self, f"{kind}_l{layer}{suffix}") for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
 
     def _run_direction(self, inputs, lengths, h, C, layer: int, suffix: str):
-        params = self._params(layer, suffix)
-        weights = [_lecture_weights(*params, gate) for gate in range(GATES[self.cell])]
+        step = self.cell_type.step
+        weights = self.cell_type.step_weights(self._params(layer, suffix))
         key = f"l{layer}{suffix}"
         if lengths is None:
             lengths = torch.full((inputs.size(0),), inputs.size(1), device=inputs.device)
         outputs = []
         for t in range(inputs.size(1)):  # unrolled in time
-            x_t = inputs[:, t]
-            if self.cell == "lstm":
-                h_new, C_new, gates = lstm_step(x_t, h, C, weights)
-            elif self.cell == "gru":
-                h_new, gates = gru_step(x_t, h, *params)
-                C_new = None
-            else:
-                h_new, gates, C_new = rnn_step(x_t, h, weights), {}, None
+            h_new, C_new, gates = step(inputs[:, t], h, C, weights)
             alive = (t < lengths)[:, None]  # (B, 1): past its end a sequence keeps its state
             h = torch.where(alive, h_new, h)
             if C_new is not None:

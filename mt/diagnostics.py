@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from mt.cells import Trace
-from mt.config import ModelConfig, MTError, TrainConfig
+from mt.config import AttentionKind, Cell, CellImpl, ModelConfig, MTError, TrainConfig
 from mt.data import Batch, TokenizedCorpus, collate, iter_lines
 from mt.model import Seq2Seq
 from mt.tokenizer import TokenizerPair
@@ -26,7 +26,7 @@ from mt.tokenizer import TokenizerPair
 
 def reference_twin(model: Seq2Seq) -> Seq2Seq:
     """The same model (same weights) built on the reference cells, in eval mode."""
-    config = dataclasses.replace(model.config, cell_impl="reference")
+    config = dataclasses.replace(model.config, cell_impl=CellImpl.reference)
     twin = Seq2Seq(config).to(next(model.parameters()).device)
     twin.load_state_dict(model.state_dict())
     return twin.eval()
@@ -146,9 +146,9 @@ def inspect_model(
     config = model.config
     batch = pair_batch(config, tokenizers, sources, references)
     flow = gradient_flow(model, batch, max_distance=max_distance)
-    gates = gate_statistics(model, batch) if config.cell == "lstm" else None
+    gates = gate_statistics(model, batch) if config.cell == Cell.lstm else None
     alignment = None
-    if config.attention != "none":
+    if config.attention != AttentionKind.none:
         translator = Translator(model, tokenizers)
         text = sentence or sources[0]
         alignment = translator.alignment(text, translator.translate([text], DecodeConfig(beam_size=5))[0])
@@ -255,7 +255,7 @@ def compare_cells(
     validation: Mapping[str, tuple[Sequence[str], Sequence[str]]],
     output: Path,
     device: torch.device,
-    cells: Sequence[str] = ("rnn", "gru", "lstm"),
+    cells: Sequence[Cell] = (Cell.rnn, Cell.gru, Cell.lstm),
     reporter=None,
 ) -> list[dict]:
     """Train one model per cell type, each with about the parameter count of
@@ -268,7 +268,7 @@ def compare_cells(
     from mt.train import Trainer
     from mt.translator import Translator
 
-    budget = Seq2Seq(dataclasses.replace(config, cell="lstm")).num_parameters()
+    budget = Seq2Seq(dataclasses.replace(config, cell=Cell.lstm)).num_parameters()
     sources, references = next(iter(validation.values()))  # speed and gradients on the first set
     rows = []
     for cell in cells:

@@ -22,10 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from mt.cells import ReferenceRNN, UnrolledRNN, reverse_padded
+from mt.cells import CELL_TYPES, ReferenceRNN, UnrolledRNN, reverse_padded
 from mt.config import AttentionKind, Cell, CellImpl, ModelConfig, MTError
-
-RNN_CLASSES = {Cell.lstm: nn.LSTM, Cell.gru: nn.GRU, Cell.rnn: nn.RNN}
 
 # A recurrent state: (hidden_state, cell_state) for an LSTM, hidden_state
 # alone for GRU and plain RNN cells; each tensor is (L, B, H).
@@ -46,8 +44,8 @@ def make_rnn(config: ModelConfig, input_size: int, hidden_size: int, bidirection
     if config.cell_impl == CellImpl.reference:
         rnn = ReferenceRNN(config.cell, input_size, hidden_size, **options)
     else:
-        rnn = RNN_CLASSES[config.cell](input_size, hidden_size, batch_first=True, **options)
-    if config.cell == "lstm":
+        rnn = CELL_TYPES[config.cell].fused(input_size, hidden_size, batch_first=True, **options)
+    if config.cell == Cell.lstm:
         init_forget_gate_bias(rnn)
     return rnn
 
@@ -112,7 +110,7 @@ class Encoder(nn.Module):
         # The bridge maps the two directions' final states onto the decoder's initial state.
         self.bridge = (
             nn.ModuleList(
-                nn.Linear(config.hidden_size, config.hidden_size) for _ in range(2 if config.cell == "lstm" else 1)
+                nn.Linear(config.hidden_size, config.hidden_size) for _ in range(CELL_TYPES[config.cell].states)
             )
             if config.bidirectional
             else None

@@ -32,7 +32,7 @@ import warnings
 import torch
 from torch import nn
 
-from mt.cells import UnrolledRNN, gru_update
+from mt.cells import UnrolledRNN
 from mt.config import Cell, MTError
 from mt.model import BahdanauAttention, Seq2Seq
 
@@ -46,7 +46,7 @@ def _int8_kernel():
         return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32
     except (AttributeError, RuntimeError):
         raise MTError(
-            f"this torch ({torch.__version__}) has no int8 linear kernel for the CPU; translate without --quantize"
+            f"this torch ({torch.__version__}) has no int8 linear kernel for the CPU; translate in fp32 with --no-quantize"
         ) from None
 
 
@@ -83,16 +83,6 @@ class Int8Linear(nn.Module):
         return y if self.row_bias is None else y + self.row_bias
 
 
-def _lstm_update(gates: torch.Tensor, cell_state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The LSTM's new h_t and C_t (B, H) from its four gates' pre-activations (B, 4H),
-    in torch's order (input, forget, cell, output); see `mt.cells.lstm_step`."""
-    hidden = cell_state.size(1)
-    input_gate, forget_gate, _, output_gate = torch.sigmoid(gates).chunk(4, dim=1)
-    candidate = torch.tanh(gates[:, 2 * hidden : 3 * hidden])
-    cell_state = torch.addcmul(forget_gate * cell_state, input_gate, candidate)
-    return output_gate * torch.tanh(cell_state), cell_state
-
-
 class Int8RNN(UnrolledRNN):
     """An LSTM, GRU or RNN (torch's or the reference layers, one or two
     directions) for inference, its input and recurrent products in int8; called
@@ -121,19 +111,15 @@ class Int8RNN(UnrolledRNN):
     def _run_direction(self, inputs, lengths, h, C, layer: int, suffix: str):
         input_part, recurrent_part = self.projections[f"l{layer}{suffix}"]
         projected = input_part(inputs)  # (B, S, G*H): the input's part of every step at once
+        update, has_cell_state = self.cell_type.update, self.cell_type.has_cell_state
         hidden_states, cell_states = [], []
         # Every sequence runs all S steps; past its length nothing is kept (its outputs are
         # zeroed and its final state is the one at its length), so no step needs a mask.
         for t in range(inputs.size(1)):
-            from_input, from_state = projected[:, t], recurrent_part(h)
-            if self.cell == Cell.lstm:
-                h, C = _lstm_update(from_input + from_state, C)
-                cell_states.append(C)
-            elif self.cell == Cell.gru:
-                h = gru_update(from_input, from_state, h)[0]
-            else:
-                h = torch.tanh(from_input + from_state)
+            h, C, _ = update(projected[:, t], recurrent_part(h), h, C)  # the cell's equations, in fp32
             hidden_states.append(h)
+            if has_cell_state:
+                cell_states.append(C)
         outputs = torch.stack(hidden_states, dim=1)  # (B, S, H)
         if lengths is None:
             return outputs, h, C
