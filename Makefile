@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SHARED_DATA := ../shared/data
 SHARED_MULTI30K := $(SHARED_DATA)/multi30k
+GENERAL := $(addprefix general/,news wiki europarl web chat dictionary-sentences dictionary-phrases sts)
 # The CPU build of torch; on machines whose pip would pick a CUDA build, use e.g.
 #   make install TORCH="torch --index-url https://download.pytorch.org/whl/cpu"
 TORCH ?= torch==2.13.0
@@ -20,7 +21,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # Multi30k under data/multi30k: linked from ../shared when it exists, else fetched through `datasets`.
-# Tatoeba (data/tatoeba/deu-eng, fra-eng) and WMT newstest (data/news) are linked from ../shared.
+# Tatoeba (data/tatoeba/deu-eng, fra-eng), WMT newstest (data/news) and the general de-en corpora
+# (data/general/news, wiki, europarl, web, chat, dictionary-sentences, dictionary-phrases, sts) are linked from ../shared.
 data: install
 	@if [ -d $(SHARED_MULTI30K) ]; then \
 		mkdir -p data/multi30k && ln -sf $(abspath $(SHARED_MULTI30K))/*.gz data/multi30k/ && \
@@ -28,7 +30,7 @@ data: install
 	else \
 		$(BIN)/mt prepare-data --dataset bentrevett/multi30k --output data/multi30k; \
 	fi
-	@for corpus in tatoeba/deu-eng tatoeba/fra-eng news; do \
+	@for corpus in tatoeba/deu-eng tatoeba/fra-eng news $(GENERAL); do \
 		if [ -d $(SHARED_DATA)/$$corpus ]; then \
 			mkdir -p data/$$corpus && ln -sf $(abspath $(SHARED_DATA))/$$corpus/*.gz data/$$corpus/ && \
 			echo "linked $$corpus from $(SHARED_DATA)/$$corpus into data/$$corpus"; \
