@@ -10,13 +10,17 @@
 Every error is a JSON object {"error": "..."}: 4xx for what a client sent
 wrong, 500 (and a log entry) for the server's own failures.
 
-Cross-request batching: each model has one worker thread, the only thread that
-calls its Translator. The worker takes every request queued for its model,
-waiting up to `batch_wait_ms` for more to arrive after the first, and
-translates the texts of all requests with the same beam in one call of
-`Translator.translate_n_best`. The event loop only queues work and awaits a
-future that the worker resolves through `loop.call_soon_threadsafe`; it never
-runs torch.
+Cross-request batching: each model has one asyncio task that drains its queue.
+It takes every request queued for the model, waiting up to `batch_wait_ms` for
+more to arrive after the first, and translates the texts of all requests with
+the same beam in one call of `Translator.translate_n_best`, run in a thread
+(`asyncio.to_thread`) so that the event loop never runs the model. A model's
+task awaits one call before it starts the next: its Translator is used by one
+thread at a time.
+
+The handlers live at module level and read the app's settings from
+`request.app.state` (set by `create_app`): `workers` (by direction),
+`max_chars`, `max_items` and `api_key`.
 """
 
 from __future__ import annotations
@@ -26,37 +30,36 @@ import copy
 import ipaddress
 import json
 import logging
-import queue
 import secrets
 import signal
 import socket
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, ValidationError, field_validator
+from starlette.datastructures import State
 from starlette.exceptions import HTTPException
 
 from mt.checkpoint import DEFAULT_MODEL, read_info, resolve
 from mt.config import DecodeConfig, MTError
-from mt.translator import Translator
+from mt.translator import Alignment, Translator
 
 logger = logging.getLogger("mt.server")
 
 STATIC = Path(__file__).resolve().parent / "static"
-MAX_BEAM = 16
+SERVER_MAX_BEAM = 16  # a request's widest beam (the CLI allows mt.config.MAX_BEAM)
 LANGUAGE_NAMES = {"cs": "Czech", "de": "German", "en": "English", "fr": "French"}
 # The page's only sources are this server: no CDN, no inline script.
 PAGE_POLICY = "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
@@ -81,7 +84,7 @@ class TranslateRequest(BaseModel):
     format: str = "text"
     alternatives: int = Field(0, ge=0)
     api_key: str | None = None
-    beam: int = Field(5, ge=1, le=MAX_BEAM)
+    beam: int = Field(5, ge=1, le=SERVER_MAX_BEAM)
     scores: bool = False
     alignment: bool = False
 
@@ -97,12 +100,8 @@ class TranslateRequest(BaseModel):
         return [self.q] if isinstance(self.q, str) else self.q
 
 
-class Alignment(BaseModel):
-    """Attention of a translation over its source: weights[t][s] for target piece t, source piece s."""
-
-    source: list[str]
-    target: list[str]
-    weights: list[list[float]]
+# The translator's Alignment, written as {"source", "target", "weights"} (weights[t][s] rounded to 4 decimals).
+AlignmentJSON = Annotated[Alignment, PlainSerializer(Alignment.to_dict)]
 
 
 class TranslateResponse(BaseModel):
@@ -113,10 +112,12 @@ class TranslateResponse(BaseModel):
     alternative; `alignment` is null for a model without attention.
     """
 
+    model_config = ConfigDict(arbitrary_types_allowed=True)  # Alignment.weights is a tensor
+
     translatedText: str | list[str]
     alternatives: list[str] | list[list[str]] | None = None
     scores: list[float] | list[list[float]] | None = None
-    alignment: Alignment | list[Alignment | None] | None = None
+    alignment: AlignmentJSON | list[AlignmentJSON | None] | None = None
 
 
 class Language(BaseModel):
@@ -143,35 +144,24 @@ class _Job:
     beam: int
     n_best: int
     alignment: bool
-    future: asyncio.Future
-    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[list[TextResult]]
 
 
-def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
-    """On the event loop: hand a job's result (or error) to its request."""
-    if future.done():  # the request was cancelled (client gone, forced shutdown)
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
+class TranslationFailed(Exception):
+    """The Translator raised `error` on a request's texts: the request answers 500."""
 
-
-def _reply(job: _Job, result: Any, error: BaseException | None = None) -> None:
-    """From the worker thread: settle `job`'s future on its event loop."""
-    try:
-        job.loop.call_soon_threadsafe(_settle, job.future, result, error)
-    except RuntimeError:  # the event loop has closed: nobody is waiting
-        pass
+    def __init__(self, error: Exception):
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.error = error
 
 
 class TranslationWorker:
-    """One model's Translator and the one thread that calls it.
+    """One model's Translator and the asyncio task that feeds it batches.
 
     `batching=False` translates each request on its own (for comparison);
     otherwise a batch is every request queued within `batch_wait_ms` of the
     first. `batches` and `requests` count the Translator calls and the
-    requests they served.
+    requests they served; `pending`, the requests waiting for their answer.
     """
 
     def __init__(self, translator, source: str, target: str, batch_wait_ms: float = 5.0, batching: bool = True):
@@ -181,86 +171,98 @@ class TranslationWorker:
         self.batching = batching
         self.batches = 0
         self.requests = 0
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name=f"translate-{source}-{target}", daemon=True)
+        self.pending = 0
+        self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
 
     @property
     def attention(self) -> bool:
         return self.translator.has_attention
 
     def start(self) -> None:
-        self._thread.start()
+        """Start the task, on the event loop that will serve the requests."""
+        self._task = asyncio.create_task(self._run(), name=f"translate-{self.source}-{self.target}")
 
-    def stop(self) -> None:
-        """Finish the queued requests, then end the thread."""
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
+    async def stop(self) -> None:
+        """Finish the queued requests, then end the task."""
+        if self._task is not None:
+            self._queue.put_nowait(None)
+            await self._task
 
     async def translate(self, texts: list[str], beam: int, n_best: int, alignment: bool) -> list[TextResult]:
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._queue.put(_Job(texts, beam, n_best, alignment, future, loop))
-        return await future
+        """The n best of each text; raises TranslationFailed if the Translator fails on them."""
+        future = asyncio.get_running_loop().create_future()
+        self.pending += 1
+        try:
+            self._queue.put_nowait(_Job(texts, beam, n_best, alignment, future))
+            return await future
+        finally:
+            self.pending -= 1
 
-    def _run(self) -> None:
-        while (first := self._queue.get()) is not None:
-            jobs, stopping = self._collect(first)
+    async def _run(self) -> None:
+        while (first := await self._queue.get()) is not None:
+            jobs, stopping = await self._collect(first)
             for _, group in groupby(sorted(jobs, key=lambda job: job.beam), key=lambda job: job.beam):
-                self._translate(list(group))
+                await self._answer(list(group))
             if stopping:
                 return
 
-    def _collect(self, first: _Job) -> tuple[list[_Job], bool]:
-        """`first` and what arrives within the batch wait; True if the stop sign came too."""
+    async def _collect(self, first: _Job) -> tuple[list[_Job], bool]:
+        """`first` and what arrives within the batch wait (with a wait of 0: what is
+        queued already); True if the stop sign came too."""
         jobs = [first]
-        deadline = time.monotonic() + self.batch_wait
-        while self.batching:
-            remaining = deadline - time.monotonic()
-            try:
-                job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if job is None:
+        if not self.batching:
+            return jobs, False
+        try:
+            async with asyncio.timeout(self.batch_wait):
+                while (job := await self._queue.get()) is not None:
+                    jobs.append(job)
                 return jobs, True
-            jobs.append(job)
-        return jobs, False
+        except TimeoutError:
+            return jobs, False
 
-    def _translate(self, jobs: list[_Job]) -> None:
-        """One Translator call for the texts of `jobs` (all of one beam). The n
-        best of a larger n_best start with the n best of a smaller one, so
-        requests that ask for different numbers of alternatives share it."""
-        texts = [text for job in jobs for text in job.texts]
-        n_best = max(job.n_best for job in jobs)
+    async def _answer(self, jobs: list[_Job]) -> None:
+        """Translate `jobs` (all of one beam) in a thread and settle their futures."""
         self.batches += 1
         self.requests += len(jobs)
         try:
-            candidates = self.translator.translate_n_best(
-                texts, DecodeConfig(beam_size=jobs[0].beam), n_best, split=True
-            )
+            answers = await asyncio.to_thread(self._translate, jobs)
         except Exception as error:  # noqa: BLE001  (every request of the batch answers 500)
-            for job in jobs:
-                _reply(job, None, error)
-            return
+            answers = [error] * len(jobs)
+        for job, answer in zip(jobs, answers):
+            if job.future.done():  # the request was cancelled (client gone, forced shutdown)
+                continue
+            if isinstance(answer, Exception):
+                job.future.set_exception(TranslationFailed(answer))
+            else:
+                job.future.set_result(answer)
+
+    def _translate(self, jobs: list[_Job]) -> list[list[TextResult] | Exception]:
+        """In a thread: one Translator call for the texts of `jobs` (all of one
+        beam), then each job's results or the error that its own part raised.
+        The n best of a larger n_best start with the n best of a smaller one,
+        so requests that ask for different numbers of alternatives share it."""
+        texts = [text for job in jobs for text in job.texts]
+        n_best = max(job.n_best for job in jobs)
+        candidates = self.translator.translate_n_best(texts, DecodeConfig(beam_size=jobs[0].beam), n_best, split=True)
+        answers: list[list[TextResult] | Exception] = []
         position = 0
         for job in jobs:
             found = candidates[position : position + len(job.texts)]
             position += len(job.texts)
             try:
-                _reply(
-                    job,
+                answers.append(
                     [
                         self._result(text, options[: job.n_best], job.alignment)
                         for text, options in zip(job.texts, found)
-                    ],
+                    ]
                 )
-            except Exception as error:  # noqa: BLE001
-                _reply(job, None, error)
+            except Exception as error:  # noqa: BLE001  (this request answers 500)
+                answers.append(error)
+        return answers
 
     def _result(self, source: str, candidates, alignment: bool) -> TextResult:
         attention = self.translator.alignment(source, candidates[0].text) if alignment else None
-        if attention is not None:
-            attention = Alignment(**attention.to_dict())
         return TextResult([c.text for c in candidates], [c.score for c in candidates], attention)
 
 
@@ -293,7 +295,7 @@ def checkpoint_languages(path: Path) -> tuple[str, str]:
     return source, target
 
 
-# -- the app -------------------------------------------------------------------
+# -- errors ------------------------------------------------------------------------
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -308,6 +310,33 @@ def _validation_message(error: ValidationError | RequestValidationError) -> str:
         where = ".".join(str(part) for part in detail["loc"] if part != "body") or "body"
         parts.append(f"{where}: {detail['msg'].removeprefix('Value error, ')}")
     return "invalid request: " + "; ".join(parts)
+
+
+async def _http_error(_: Request, error: HTTPException) -> JSONResponse:
+    return _error(error.status_code, str(error.detail))
+
+
+async def _invalid(_: Request, error: ValidationError | RequestValidationError) -> JSONResponse:
+    return _error(400, _validation_message(error))
+
+
+def _server_error(request: Request, error: Exception, traceback: bool) -> JSONResponse:
+    name = type(error).__name__
+    logger.error(
+        "%s %s failed: %s: %s", request.method, request.url.path, name, error, exc_info=error if traceback else None
+    )
+    return _error(500, f"internal server error ({name})")
+
+
+async def _translation_failed(request: Request, failure: TranslationFailed) -> JSONResponse:
+    """The model failed (out of memory, a bug in it): 500 and the traceback in the log; serving goes on."""
+    return _server_error(request, failure.error, traceback=True)
+
+
+async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+    """Any other exception (a bug here): 500. Starlette raises the exception again
+    after this answer: uvicorn logs its traceback and closes the connection."""
+    return _server_error(request, error, traceback=False)
 
 
 class _BodyLimit:
@@ -348,155 +377,7 @@ class _BodyLimit:
         await self.app(scope, replay, send)
 
 
-class _ServerErrors:
-    """ASGI middleware: an exception no handler took becomes a 500 JSON error and a log entry."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        started = False
-
-        async def tracked_send(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracked_send)
-        except Exception as error:  # noqa: BLE001
-            logger.error(
-                "%s %s failed: %s: %s", scope["method"], scope["path"], type(error).__name__, error, exc_info=error
-            )
-            if not started:
-                await _error(500, f"internal server error ({type(error).__name__})")(scope, receive, send)
-
-
-def create_app(
-    workers: Sequence[TranslationWorker],
-    max_chars: int = 5000,
-    max_items: int = 100,
-    api_key: str | None = None,
-    max_body_bytes: int | None = None,
-) -> FastAPI:
-    """The app over started-on-startup `workers`; `max_body_bytes` defaults to
-    room for `max_chars` characters each written as a JSON escape pair."""
-    routes = {(worker.source, worker.target): worker for worker in workers}
-
-    @asynccontextmanager
-    async def lifespan(_: FastAPI):
-        for worker in workers:
-            worker.start()
-        try:
-            yield
-        finally:  # uvicorn has finished the requests in flight
-            for worker in workers:
-                await asyncio.to_thread(worker.stop)
-
-    app = FastAPI(title="mt", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_middleware(_BodyLimit, limit=max_body_bytes or 16_384 + 12 * max_chars)
-    app.add_middleware(_ServerErrors)
-    pending = 0  # requests waiting for a worker
-
-    @app.exception_handler(HTTPException)
-    async def http_error(_: Request, error: HTTPException) -> JSONResponse:
-        return _error(error.status_code, str(error.detail))
-
-    @app.exception_handler(RequestValidationError)
-    @app.exception_handler(ValidationError)
-    async def invalid(_: Request, error) -> JSONResponse:
-        return _error(400, _validation_message(error))
-
-    def authorize(request: Request, key_in_body: str | None = None) -> None:
-        """The key from the body (LibreTranslate), `Authorization: Bearer KEY` or `?api_key=`."""
-        if api_key is None:
-            return
-        bearer = request.headers.get("authorization", "")
-        given = key_in_body or (
-            bearer[7:].strip() if bearer[:7].lower() == "bearer " else request.query_params.get("api_key")
-        )
-        if not given or not secrets.compare_digest(given.encode(), api_key.encode()):
-            raise HTTPException(403, "invalid or missing API key")
-
-    def route(body: TranslateRequest) -> TranslationWorker:
-        pairs = ", ".join(f"{s}->{t}" for s, t in routes)
-        if body.source == "auto":
-            raise HTTPException(
-                400, f"source language detection ('auto') is not supported; name the source language ({pairs})"
-            )
-        if body.format != "text":
-            raise HTTPException(400, f"format {body.format!r} is not supported; send plain text with format 'text'")
-        if (body.source, body.target) not in routes:
-            raise HTTPException(
-                400, f"no model translates {body.source!r} to {body.target!r}; this server translates {pairs}"
-            )
-        texts = body.texts
-        if not texts or (isinstance(body.q, str) and not body.q.strip()):
-            raise HTTPException(400, "q is empty: give a text or a list of texts")
-        if len(texts) > max_items:
-            raise HTTPException(400, f"q has {len(texts)} texts; at most {max_items} per request")
-        characters = sum(len(text) for text in texts)
-        if characters > max_chars:
-            raise HTTPException(400, f"q has {characters} characters; at most {max_chars} per request")
-        if body.alternatives >= body.beam:
-            raise HTTPException(
-                400, f"alternatives ({body.alternatives}) must be fewer than beam ({body.beam}): ask for a larger beam"
-            )
-        return routes[body.source, body.target]
-
-    @app.post("/translate", response_model=TranslateResponse)
-    async def translate(request: Request) -> JSONResponse:
-        nonlocal pending
-        body = TranslateRequest.model_validate(await _request_data(request))
-        authorize(request, body.api_key)
-        worker = route(body)
-        pending += 1
-        try:
-            results = await worker.translate(body.texts, body.beam, body.alternatives + 1, body.alignment)
-        finally:
-            pending -= 1
-        single = isinstance(body.q, str)
-
-        def each(values: list) -> Any:
-            return values[0] if single else values
-
-        response = TranslateResponse(translatedText=each([r.texts[0] for r in results]))
-        if body.alternatives:
-            response.alternatives = each([r.texts[1:] for r in results])
-        if body.scores:
-            response.scores = each([r.scores for r in results])
-        if body.alignment:
-            response.alignment = each([r.alignment for r in results])
-        return JSONResponse(response.model_dump(exclude_unset=True))
-
-    @app.get("/languages", response_model=list[Language])
-    async def languages(request: Request) -> list[Language]:
-        authorize(request)
-        codes = sorted({code for pair in routes for code in pair})
-        return [
-            Language(code=code, name=LANGUAGE_NAMES.get(code, code), targets=sorted(t for s, t in routes if s == code))
-            for code in codes
-        ]
-
-    @app.get("/health")
-    async def health(request: Request) -> dict:
-        authorize(request)
-        return {
-            "status": "ok",
-            "models": [{"source": w.source, "target": w.target, "attention": w.attention} for w in workers],
-            "batches": sum(w.batches for w in workers),
-            "requests": sum(w.requests for w in workers),
-            "pending": pending,
-        }
-
-    @app.get("/", include_in_schema=False)
-    async def page() -> FileResponse:
-        return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": PAGE_POLICY})
-
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    return app
+# -- the routes --------------------------------------------------------------------
 
 
 async def _request_data(request: Request) -> Any:
@@ -515,6 +396,146 @@ async def _request_data(request: Request) -> Any:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as error:
         raise HTTPException(400, f"malformed JSON body: {error}") from None
+
+
+async def translate_request(request: Request) -> TranslateRequest | None:
+    """Dependency: a POST's body (JSON or a form) validated; None for a GET.
+    FastAPI reads it once per request for both `require_api_key` and the route."""
+    if request.method != "POST":
+        return None
+    return TranslateRequest.model_validate(await _request_data(request))
+
+
+async def require_api_key(
+    request: Request, body: Annotated[TranslateRequest | None, Depends(translate_request)]
+) -> None:
+    """Dependency of every API route when the server has a key: the key from the
+    body (LibreTranslate), `Authorization: Bearer KEY` or `?api_key=`; else 403."""
+    expected = request.app.state.api_key
+    if expected is None:
+        return
+    bearer = request.headers.get("authorization", "")
+    given = (body and body.api_key) or (
+        bearer[7:].strip() if bearer[:7].lower() == "bearer " else request.query_params.get("api_key")
+    )
+    if not given or not secrets.compare_digest(given.encode(), expected.encode()):
+        raise HTTPException(403, "invalid or missing API key")
+
+
+def _worker_for(body: TranslateRequest, state: State) -> TranslationWorker:
+    """The worker of the request's direction, once the request is within the limits in `state`."""
+    pairs = ", ".join(f"{s}->{t}" for s, t in state.workers)
+    if body.source == "auto":
+        raise HTTPException(
+            400, f"source language detection ('auto') is not supported; name the source language ({pairs})"
+        )
+    if body.format != "text":
+        raise HTTPException(400, f"format {body.format!r} is not supported; send plain text with format 'text'")
+    if (body.source, body.target) not in state.workers:
+        raise HTTPException(
+            400, f"no model translates {body.source!r} to {body.target!r}; this server translates {pairs}"
+        )
+    texts = body.texts
+    if not texts or (isinstance(body.q, str) and not body.q.strip()):
+        raise HTTPException(400, "q is empty: give a text or a list of texts")
+    if len(texts) > state.max_items:
+        raise HTTPException(400, f"q has {len(texts)} texts; at most {state.max_items} per request")
+    characters = sum(len(text) for text in texts)
+    if characters > state.max_chars:
+        raise HTTPException(400, f"q has {characters} characters; at most {state.max_chars} per request")
+    if body.alternatives >= body.beam:
+        raise HTTPException(
+            400, f"alternatives ({body.alternatives}) must be fewer than beam ({body.beam}): ask for a larger beam"
+        )
+    return state.workers[body.source, body.target]
+
+
+def _response(body: TranslateRequest, results: list[TextResult]) -> TranslateResponse:
+    """The answer holds only what `body` asked for."""
+
+    def each(values: list) -> Any:
+        return values[0] if isinstance(body.q, str) else values
+
+    response = TranslateResponse(translatedText=each([r.texts[0] for r in results]))
+    if body.alternatives:
+        response.alternatives = each([r.texts[1:] for r in results])
+    if body.scores:
+        response.scores = each([r.scores for r in results])
+    if body.alignment:
+        response.alignment = each([r.alignment for r in results])
+    return response
+
+
+api = APIRouter(dependencies=[Depends(require_api_key)])
+
+
+@api.post("/translate")
+async def translate(request: Request, body: Annotated[TranslateRequest, Depends(translate_request)]) -> JSONResponse:
+    worker = _worker_for(body, request.app.state)
+    results = await worker.translate(body.texts, body.beam, body.alternatives + 1, body.alignment)
+    # Written by json.dumps: a response_model would write the floats with pydantic's writer (1e-05 as 0.00001).
+    return JSONResponse(_response(body, results).model_dump(exclude_unset=True))
+
+
+@api.get("/languages")
+async def languages(request: Request) -> list[Language]:
+    pairs = request.app.state.workers.keys()
+    return [
+        Language(code=code, name=LANGUAGE_NAMES.get(code, code), targets=sorted(t for s, t in pairs if s == code))
+        for code in sorted({code for pair in pairs for code in pair})
+    ]
+
+
+@api.get("/health")
+async def health(request: Request) -> dict:
+    workers = request.app.state.workers.values()
+    return {
+        "status": "ok",
+        "models": [{"source": w.source, "target": w.target, "attention": w.attention} for w in workers],
+        "batches": sum(w.batches for w in workers),
+        "requests": sum(w.requests for w in workers),
+        "pending": sum(w.pending for w in workers),
+    }
+
+
+async def page() -> FileResponse:
+    return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": PAGE_POLICY})
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI):
+    workers = app.state.workers.values()
+    for worker in workers:
+        worker.start()
+    try:
+        yield
+    finally:  # uvicorn has finished the requests in flight
+        for worker in workers:
+            await worker.stop()
+
+
+def create_app(
+    workers: Sequence[TranslationWorker],
+    max_chars: int = 5000,
+    max_items: int = 100,
+    api_key: str | None = None,
+    max_body_bytes: int | None = None,
+) -> FastAPI:
+    """The app over `workers`, whose tasks start with it; `max_body_bytes` defaults
+    to room for `max_chars` characters each written as a JSON escape pair."""
+    app = FastAPI(title="mt", lifespan=_lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.workers = {(worker.source, worker.target): worker for worker in workers}
+    app.state.max_chars, app.state.max_items, app.state.api_key = max_chars, max_items, api_key
+    app.add_middleware(_BodyLimit, limit=max_body_bytes or 16_384 + 12 * max_chars)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(ValidationError, _invalid)
+    app.add_exception_handler(TranslationFailed, _translation_failed)
+    app.add_exception_handler(Exception, _unexpected)
+    app.include_router(api)
+    app.add_api_route("/", page, include_in_schema=False)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
 
 
 # -- running it ----------------------------------------------------------------
