@@ -9,7 +9,7 @@ GENERAL := $(addprefix general/,news wiki europarl web chat dictionary-sentences
 #   make install TORCH="torch --index-url https://download.pytorch.org/whl/cpu"
 TORCH ?= torch==2.13.0
 
-.PHONY: install data translate test lint serve bench bench-memory bench-serve bench-pipeline clean
+.PHONY: install data translate test test-fast lint serve bench bench-memory bench-serve bench-pipeline clean
 
 install: $(VENV)/.installed
 
@@ -44,6 +44,10 @@ translate: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# The tests without the slow tier (real processes, wheels, benchmarks, the 200-step model): about a minute on 2 cores.
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
 
 # ruff: lint and check formatting (`ruff format` and `ruff check --fix` repair most of it).
 lint: install

@@ -99,7 +99,7 @@ def training(options: dict) -> dict:
     from mt.checkpoint import load_checkpoint
     from mt.config import ModelConfig
     from mt.data import load_corpus, tokenize_corpus
-    from mt.train import label_smoothed_loss
+    from mt.loss import label_smoothed_loss
 
     datasets.disable_progress_bars()
     tokenizers = load_checkpoint(options["tokenizer_model"]).tokenizers
@@ -192,7 +192,7 @@ def _measure_training(options: dict, config, train_config: TrainConfig, tokenize
 
 
 def _test_set(options: dict) -> tuple[list[str], list[str]]:
-    from mt.data import read_lines
+    from mt.files import read_lines
 
     count = options["sentences"]
     return read_lines(Path(options["test_src"]))[:count], read_lines(Path(options["test_ref"]))[:count]
@@ -205,8 +205,10 @@ def translation(options: dict) -> dict:
     from mt.config import DecodeConfig
     from mt.evaluate import score
     from mt.quantize import quantize_int8
+    from mt.runtime import for_inference
     from mt.translator import Translator
 
+    for_inference()  # as mt evaluate
     sources, references = _test_set(options)
     checkpoint = load_checkpoint(options["model"])
     model = quantize_int8(checkpoint.model) if options["quantize"] else checkpoint.model
@@ -395,7 +397,7 @@ def main(
         return
     import torch
 
-    from mt.train import bf16_supported, compiler_found
+    from mt.runtime import bf16_supported, compiler_found
 
     for path in (model, tokenizer_model, test_src, test_ref):
         if not Path(path).exists():

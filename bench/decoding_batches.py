@@ -62,8 +62,11 @@ def decoder_megabytes(decoder: torch.nn.Module) -> float:
 
 def main() -> None:
     from mt.config import DecodeConfig
-    from mt.data import read_lines
+    from mt.files import read_lines
+    from mt.runtime import for_inference
     from mt.translator import Translator
+
+    for_inference()  # as mt translate
 
     model = sys.argv[1] if len(sys.argv) > 1 else str(ROOT / "checkpoints" / "de-en")
     sentences = read_lines(ROOT / "data" / "multi30k" / "test_2016_flickr.de.gz")

@@ -97,7 +97,22 @@ def main() -> None:
     sources, targets = corpus.ids(torch.cat(list(measured)))
     tokens = sum(len(ids) + 1 for ids in sources) + sum(len(ids) + 1 for ids in targets)
 
-    events = profiler.events()
+    scope, by_creator = _attribute(profiler.events())
+    per_update = len(measured) * 1000  # microseconds -> milliseconds per update
+    print(
+        f"{len(measured)} updates, {seconds / len(measured) * 1000:.0f} ms per update, {tokens / seconds:,.0f} tokens/s"
+    )
+    print("| part | forward ms | backward ms |\n|---|---|---|")
+    for name in PARTS:
+        if name != "backward":
+            print(f"| {name} | {scope[name] / per_update:.0f} | {by_creator[name] / per_update:.0f} |")
+    print(f"| (backward, all) | | {scope['backward'] / per_update:.0f} |")
+    print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=40))
+
+
+def _attribute(events) -> tuple[dict[str, float], dict[str, float]]:
+    """The profile's microseconds per part (PARTS): forward, inclusive of what each part
+    calls; and backward, by the part whose forward operation made each autograd node."""
     scope = collections.defaultdict(float)  # label -> microseconds, inclusive
     creator = {}  # autograd sequence number -> the scope whose forward op made the node
     for event in events:
@@ -115,16 +130,7 @@ def main() -> None:
     for event in events:
         if event.name.startswith("autograd::engine::evaluate_function"):
             by_creator[creator.get(event.sequence_nr, "other")] += event.cpu_time_total
-    per_update = len(measured) * 1000  # microseconds -> milliseconds per update
-    print(
-        f"{len(measured)} updates, {seconds / len(measured) * 1000:.0f} ms per update, {tokens / seconds:,.0f} tokens/s"
-    )
-    print("| part | forward ms | backward ms |\n|---|---|---|")
-    for name in PARTS:
-        if name != "backward":
-            print(f"| {name} | {scope[name] / per_update:.0f} | {by_creator[name] / per_update:.0f} |")
-    print(f"| (backward, all) | | {scope['backward'] / per_update:.0f} |")
-    print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=40))
+    return scope, by_creator
 
 
 PARTS = (

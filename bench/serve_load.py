@@ -233,7 +233,7 @@ def main(
     """Load-test `mt serve` with and without cross-request batching; print a Markdown table."""
     import torch
 
-    from mt.data import read_lines
+    from mt.files import read_lines
     from mt.quantize import int8_by_default
 
     levels = [int(level) for level in clients.split(",")]

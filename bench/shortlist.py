@@ -76,9 +76,13 @@ def main(
     frequent: Annotated[int, typer.Option(help="Most frequent target pieces always in.")] = 500,
 ) -> None:
     from mt.config import DecodeConfig
-    from mt.data import load_corpus, read_lines
+    from mt.data import load_corpus
     from mt.evaluate import score
+    from mt.files import read_lines
+    from mt.runtime import for_inference
     from mt.translator import Translator
+
+    for_inference()  # as mt translate
 
     sources, references = read_lines(test_src), read_lines(test_ref)
     decode = DecodeConfig(beam_size=5)

@@ -14,38 +14,25 @@ Writes are atomic: a temporary file in the same directory, fsync, rename.
 from __future__ import annotations
 
 import json
-import os
-import sys
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
-from unittest import mock
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
+from torch.overrides import TorchFunctionMode
 
 from mt.config import ModelConfig, MTError
+from mt.files import write_atomic
 from mt.model import Seq2Seq
 from mt.tokenizer import Tokenizer, TokenizerPair
 
 FORMAT = "mt-checkpoint"
 FORMAT_VERSION = 1
 FILENAME = "model.safetensors"
-
-
-def _shipped_models() -> Path:
-    """`checkpoints/` of the source tree (an editable install), else the copy that
-    installing the package puts under the environment's prefix (`share/mt/checkpoints`)."""
-    source_tree = Path(__file__).resolve().parent.parent / "checkpoints"
-    return source_tree if source_tree.is_dir() else Path(sys.prefix) / "share" / "mt" / "checkpoints"
-
-
-SHIPPED_MODELS = _shipped_models()
-DEFAULT_MODEL = SHIPPED_MODELS / "de-en"
 
 
 @dataclass
@@ -81,35 +68,6 @@ def unique_weights(model: Seq2Seq) -> dict[str, torch.Tensor]:
             seen.add(tensor.data_ptr())
             weights[name] = tensor
     return weights
-
-
-@contextmanager
-def atomic_file(path: Path) -> Iterator[BinaryIO]:
-    """A binary file that replaces `path` when the block ends without an error:
-    a crash or Ctrl-C on the way leaves the old file (or none), never half of the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            yield out
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temporary, 0o644)  # mkstemp makes it private; models and outputs are for everyone to read
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so that a crash leaves either the old file or the new one."""
-    with atomic_file(path) as out:
-        out.write(data)
 
 
 def save_checkpoint(
@@ -181,6 +139,18 @@ def read_info(path: Path) -> dict[str, Any]:
         return _header(path, metadata)[1]
 
 
+class _NoNormalInit(TorchFunctionMode):
+    """Within the block, `normal_` (nn.Embedding's initialiser) returns its tensor
+    untouched. On the meta device it would run torch's Python reference, whose first
+    call imports torch._dynamo: 1.6-2 s of every cold start, for a tensor without values."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (torch.nn.init.normal_, torch.Tensor.normal_):
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
+
+
 def load_checkpoint(path: Path, device: torch.device | str = "cpu", with_extra: bool = False) -> Checkpoint:
     """Load a checkpoint for inference (fp32 weights) or, `with_extra`, to resume training.
 
@@ -189,10 +159,8 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu", with_extra: 
     path = resolve(path)
     with _opened(path) as (handle, metadata):
         config, info = _header(path, metadata)
-        # Shapes only, no memory. On the meta device normal_ (nn.Embedding's initialiser)
-        # runs torch's Python reference, whose first call imports torch._dynamo (1.6 s of
-        # every cold start): skipped, since a meta tensor holds no values anyway.
-        with torch.device("meta"), mock.patch.object(torch.Tensor, "normal_", lambda tensor, *_, **__: tensor):
+        # Shapes only, no memory.
+        with torch.device("meta"), _NoNormalInit():
             expected_shapes = {name: tuple(t.shape) for name, t in Seq2Seq(config).state_dict().items()}
         for name in handle.keys():
             if not name.startswith(("tokenizer.", "trainer.")):
@@ -239,3 +207,13 @@ def average_checkpoints(paths: list[Path]) -> Checkpoint:
     if len(paths) > 1:
         first.info = {**first.info, "averaged": [str(p) for p in paths]}
     return first
+
+
+def save_average(paths: list[Path], output: Path, fp16: bool) -> Path:
+    """`mt average`: write the average of the checkpoints at `paths` (a model, without
+    any trainer state) to `output`, a file or a directory; returns the file written."""
+    averaged = average_checkpoints(paths)
+    info = {key: value for key, value in averaged.info.items() if key not in ("trainer_state", "optimizer_groups")}
+    target = output / FILENAME if output.is_dir() or not output.suffix else output
+    save_checkpoint(target, averaged.model, averaged.tokenizers, info, dtype=torch.float16 if fp16 else None)
+    return target

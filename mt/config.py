@@ -12,6 +12,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 
@@ -43,6 +44,14 @@ class Cell(Choice):
     lstm = "lstm"
     gru = "gru"
     rnn = "rnn"
+
+
+class Device(Choice):
+    """Where to run: auto picks CUDA when available (`mt.runtime.resolve_device`)."""
+
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
 
 
 class CellImpl(Choice):
@@ -213,6 +222,37 @@ class TrainConfig(_JSONConfig):
 
 
 @dataclass(frozen=True)
+class RunConfig:
+    """What a training run reads and where it writes: the training corpora (specs,
+    `PATH:N` to take one N times per epoch), the validation sets, the languages, the
+    tokenizer directory or the model to fine-tune (`init_from`), and the run directory."""
+
+    train: tuple[str, ...] = ("data/multi30k/train",)
+    valid: tuple[str, ...] = ("data/multi30k/val",)
+    src: str = "de"
+    tgt: str = "en"
+    tokenizer: Path | None = None  # data/tokenizers/SRC-TGT when None
+    init_from: Path | None = None
+    output: Path | None = None  # runs/SRC-TGT when None
+    overwrite: bool = False  # start afresh: delete the run's own checkpoints and log
+
+    def __post_init__(self) -> None:
+        if self.init_from is not None and self.tokenizer is not None:
+            raise MTError("--tokenizer cannot be combined with --init-from: the model keeps its checkpoint's tokenizer")
+        for name, specs in (("--train", self.train), ("--valid", self.valid)):
+            if len(set(specs)) < len(specs):
+                raise MTError(f"{name}: the same corpus is given twice; use PATH:N to weight a training corpus")
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.tokenizer or Path("data/tokenizers") / f"{self.src}-{self.tgt}"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.output or Path("runs") / f"{self.src}-{self.tgt}"
+
+
+@dataclass(frozen=True)
 class DecodeConfig(_JSONConfig):
     """How to search: beam size (or sampling), length penalty and the output length limit.
 
@@ -239,3 +279,10 @@ class DecodeConfig(_JSONConfig):
         _check_range("length_penalty", self.length_penalty, 0.0, 5.0)
         _check_range("max_length_ratio", self.max_length_ratio, 0.0, low_open=True)
         _check_range("max_length_offset", self.max_length_offset, 0)
+
+    def check_n_best(self, n_best: int) -> None:
+        """How many candidates a search can give: up to the beam, or any number of samples."""
+        most = MAX_BEAM if self.sampling else self.beam_size
+        if not 1 <= n_best <= most:
+            bound = str(MAX_BEAM) if self.sampling else f"--beam ({self.beam_size})"
+            raise MTError(f"--n-best must be between 1 and {bound}, got {n_best}")

@@ -27,75 +27,20 @@ import gzip
 import hashlib
 import itertools
 import socket
-import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING
 
 import torch
 
 from mt.config import MTError
+from mt.files import iter_lines
 
 if TYPE_CHECKING:  # datasets is slow to import; only corpus readers need it
     import datasets
 
     from mt.tokenizer import TokenizerPair
-
-
-def open_text(path: Path):
-    """Open a text file (gzip when it ends in .gz) for reading bytes."""
-    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
-
-
-def iter_lines(path: Path) -> Iterator[str]:
-    """Yield the lines of a UTF-8 text file without their line ends.
-
-    Raises `MTError` naming the file and line for a missing or unreadable file
-    or a line that is not UTF-8.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise MTError(f"file not found: {path}")
-    if path.is_dir():
-        raise MTError(f"expected a file, got a directory: {path}")
-    try:
-        with open_text(path) as handle:
-            yield from decode_lines(handle, str(path))
-    except (OSError, EOFError, zlib.error) as error:  # permissions, a corrupt or cut-off gzip stream
-        raise _unreadable(path, error) from None
-
-
-def _unreadable(path: Path, error: Exception) -> MTError:
-    """A file that cannot be read: permissions, a corrupt or cut-off gzip stream."""
-    return MTError(f"cannot read {path}: {getattr(error, 'strerror', None) or error}")
-
-
-def decode_lines(handle: BinaryIO, name: str) -> Iterator[str]:
-    """Yield the lines of a binary stream as text without their line ends, as
-    they arrive; a line that is not UTF-8 raises `MTError` naming `name` and the line."""
-    for number, raw in enumerate(handle, start=1):
-        try:
-            yield raw.decode("utf-8").rstrip("\r\n")
-        except UnicodeDecodeError:
-            raise MTError(f"{name}: line {number} is not valid UTF-8") from None
-
-
-def count_lines(path: Path) -> int:
-    """How many lines `iter_lines(path)` yields (a last line without a newline counts)."""
-    count, last = 0, b"\n"
-    try:
-        with open_text(path) as handle:
-            while block := handle.read(1 << 20):
-                count += block.count(b"\n")
-                last = block[-1:]
-    except (OSError, EOFError, zlib.error) as error:
-        raise _unreadable(path, error) from None
-    return count + (last != b"\n")
-
-
-def read_lines(path: Path) -> list[str]:
-    return list(iter_lines(path))
 
 
 def _language_file(prefix: str, language: str) -> Path:
@@ -293,6 +238,35 @@ def mixture_sentences(corpora: Sequence[tuple[datasets.Dataset, int]], columns: 
     for dataset, factor in corpora:
         for _ in range(factor):
             yield from iter_sentences(dataset, columns)
+
+
+def train_tokenizers(
+    train: Sequence[str],
+    src: str,
+    tgt: str,
+    vocab_size: int,
+    model_type: str,
+    joint: bool,
+    max_sentences: int,
+    seed: int,
+) -> TokenizerPair:
+    """SentencePiece tokenizers learnt from a random sample of at most `max_sentences`
+    sentences of the training corpora, mixed as `mt train` mixes them: one for both
+    languages (`joint`), or one each."""
+    from mt.tokenizer import TokenizerPair, train_sentencepiece
+
+    if vocab_size < 8:
+        raise MTError(f"--vocab-size must be >= 8, got {vocab_size}")
+    if max_sentences <= 100:  # SentencePiece's smallest sample
+        raise MTError(f"--max-sentences must be > 100, got {max_sentences}")
+    corpora = [(load_corpus(spec.spec, src, tgt), spec.factor) for spec in map(CorpusSpec.parse, train)]
+    options = dict(vocab_size=vocab_size, model_type=model_type, seed=seed, input_sentence_size=max_sentences)
+    if joint:
+        source = target = train_sentencepiece(mixture_sentences(corpora, ["source", "target"]), **options)
+    else:
+        source = train_sentencepiece(mixture_sentences(corpora, ["source"]), **options)
+        target = train_sentencepiece(mixture_sentences(corpora, ["target"]), **options)
+    return TokenizerPair(source, target)
 
 
 @dataclass(frozen=True)
@@ -493,3 +467,39 @@ def export_dataset(name: str, output: Path) -> list[Path]:
 
 def _single_line(text: str) -> str:
     return " ".join(text.split("\n"))
+
+
+def training_data(
+    train: Sequence[str], valid: Sequence[str], src: str, tgt: str, tokenizers: TokenizerPair, max_length: int, log
+) -> tuple[TokenizedCorpus, dict[str, tuple[list[str], list[str]]], list[dict]]:
+    """Read and tokenize the training corpora (mixed by their upsampling factors) and
+    read the validation sets; `log` (a function taking a line) hears what the length
+    filter dropped. Returns the mixed corpus, the validation sets by spec and, per
+    training corpus, its spec, factor and fingerprint (for the checkpoint's provenance)."""
+    specs = [CorpusSpec.parse(text) for text in train]
+    validation = {}
+    for spec in valid:
+        valid_data = load_corpus(spec, src, tgt)
+        validation[spec] = (valid_data["source"], valid_data["target"])
+    parts, provenance = [], []
+    for spec in specs:
+        train_data = load_corpus(spec.spec, src, tgt)
+        part = tokenize_corpus(train_data, tokenizers, max_length)
+        if not len(part):
+            raise MTError(
+                f"{spec.spec}: no training pairs left after filtering empty and longer than {max_length} subwords"
+            )
+        times = f", taken {spec.factor} times per epoch" if spec.factor > 1 else ""
+        log(
+            f"training pairs of {spec.spec}: {len(part):,} kept, {part.dropped:,} dropped "
+            f"(empty or longer than {max_length} subwords){times}"
+        )
+        parts.append((part, spec.factor))
+        provenance.append(
+            {
+                "corpus": spec.spec,
+                "factor": spec.factor,
+                "fingerprint": corpus_fingerprint(spec.spec, src, tgt, train_data),
+            }
+        )
+    return TokenizedCorpus.mix(parts), validation, provenance

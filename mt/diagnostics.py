@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from mt.cells import Trace
-from mt.config import AttentionKind, Cell, CellImpl, ModelConfig, MTError, TrainConfig
-from mt.data import Batch, TokenizedCorpus, collate, iter_lines
+from mt.config import AttentionKind, Cell, CellImpl, ModelConfig, MTError, RunConfig, TrainConfig
+from mt.data import Batch, collate
+from mt.files import iter_lines, read_lines
 from mt.model import Seq2Seq
 from mt.tokenizer import TokenizerPair
 
@@ -155,6 +158,100 @@ def inspect_model(
     return Inspection(flow, gates, alignment)
 
 
+def short_names(paths: Sequence[Path]) -> list[str]:
+    """Short names for files: the file or folder name, with its parent
+    folder when two would otherwise read the same (runs/x/best, runs/y/best)."""
+    names = [p.stem if p.suffix else p.name for p in paths]
+    if len(set(names)) < len(names):
+        names = [f"{p.resolve().parent.name}/{name}" for p, name in zip(paths, names)]
+    return names
+
+
+def inspect_runs(
+    models: Sequence[Path],
+    src: Path | None,
+    ref: Path | None,
+    sentences: int,
+    distance: int,
+    logs: Sequence[Path],
+    sentence: str | None,
+    untrained: bool,
+    output: Path,
+    echo: Callable[[str], None] = print,
+) -> dict:
+    """`mt inspect`: for each model (and, with `untrained`, its freshly initialised twin)
+    the gradient flow, gate statistics and attention heatmap on the first `sentences`
+    pairs of `src`/`ref` (default: Multi30k val in the model's languages), told to `echo`
+    line by line; the learning curves of the runs' `logs`. Writes the plots and
+    inspect.json into `output`; returns inspect.json's record."""
+    from mt.checkpoint import load_checkpoint
+
+    if sentences < 1 or distance < 1:
+        raise MTError(f"--sentences and --distance must be >= 1, got {sentences} and {distance}")
+    runs = {label: read_log(path) for path, label in zip(logs, short_names(logs))}
+    checkpoints = []
+    for path, label in zip(models, short_names(models)):
+        checkpoint = load_checkpoint(path)
+        checkpoints.append((label, checkpoint))
+        if untrained:
+            torch.manual_seed(1)
+            fresh = dataclasses.replace(checkpoint, model=Seq2Seq(checkpoint.model.config).eval())
+            checkpoints.append((f"{label}, untrained", fresh))
+    output.mkdir(parents=True, exist_ok=True)
+    report: dict = {"models": {}}
+    flows = {}
+    for label, checkpoint in checkpoints:
+        info = checkpoint.info
+        source_path = src or Path(f"data/multi30k/val.{info.get('source_language', 'de')}.gz")
+        reference_path = ref or Path(f"data/multi30k/val.{info.get('target_language', 'en')}.gz")
+        sources, references = read_lines(source_path), read_lines(reference_path)
+        if len(sources) != len(references):
+            raise MTError(f"{source_path} has {len(sources)} lines but {reference_path} has {len(references)}")
+        found = inspect_model(
+            checkpoint.model, checkpoint.tokenizers, sources[:sentences], references[:sentences], distance, sentence
+        )
+        flows[f"{label} ({checkpoint.model.config.cell})"] = found.flow
+        report["models"][label] = _tell_inspection(label, checkpoint.model.config, found, output, echo)
+    plot_gradient_flow(flows, output / "gradient-flow.png")
+    echo(f"gradient flow plot: {output / 'gradient-flow.png'}")
+    if runs:
+        plot_learning_curves(runs, output / "learning-curves.png")
+        echo(f"learning curves: {output / 'learning-curves.png'}")
+    (output / "inspect.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _tell_inspection(
+    label: str, config: ModelConfig, found: Inspection, output: Path, echo: Callable[[str], None]
+) -> dict:
+    """Tell one model's inspection line by line (and plot its attention); returns its inspect.json record."""
+    flow = found.flow
+    echo(
+        f"{label}: {config.cell}, attention {config.attention}; "
+        f"|dL/dh_t| by steps before the last one read ({flow.sentences} sentences)"
+    )
+    for d in range(0, len(flow.hidden), max(1, len(flow.hidden) // 8)):
+        cell = f"   |dL/dC| {flow.cell[d]:.3e}" if flow.cell else ""
+        echo(f"  {d:>3}  |dL/dh| {flow.hidden[d]:.3e}{cell}")
+    echo(f"  first/last step gradient ratio: {flow.first_to_last_ratio:.3e}")
+    if found.gates:
+        echo("  encoder gates: mean (share < 0.1 / share > 0.9)")
+        for layer, values in found.gates.items():
+            summary = "  ".join(f"{g} {v['mean']:.2f} ({v['near_0']:.0%}/{v['near_1']:.0%})" for g, v in values.items())
+            echo(f"    {layer}: {summary}")
+    if found.alignment:
+        heatmap = output / ("attention-" + re.sub(r"[^\w.-]+", "-", label) + ".png")
+        plot_attention(*found.alignment, heatmap)
+        echo(f"  attention heatmap: {heatmap}")
+    return {
+        "cell": config.cell,
+        "attention": config.attention,
+        "gradient_flow": dataclasses.asdict(flow),
+        "first_to_last": flow.first_to_last_ratio,
+        "gates": found.gates,
+    }
+
+
 def _pyplot():
     import matplotlib
 
@@ -248,36 +345,39 @@ def hidden_size_for_budget(config: ModelConfig, budget: int) -> int:
 
 
 def compare_cells(
-    config: ModelConfig,
+    run: RunConfig,
+    model: Mapping[str, Any],
     train_config: TrainConfig,
-    tokenizers: TokenizerPair,
-    corpus: TokenizedCorpus,
-    validation: Mapping[str, tuple[Sequence[str], Sequence[str]]],
-    output: Path,
     device: torch.device,
+    log: Callable[[str], None],
+    reporter,
     cells: Sequence[Cell] = (Cell.rnn, Cell.gru, Cell.lstm),
-    reporter=None,
 ) -> list[dict]:
-    """Train one model per cell type, each with about the parameter count of
-    the LSTM model of `config` and the same `train_config` (use `max_minutes`
-    for equal wall time); measure each one. Returns one row per cell."""
+    """Train one model per cell type with `mt.train.train` (`model`: ModelConfig fields
+    but the vocabulary sizes), each with about the parameter count of the LSTM model
+    and the same `train_config` (use `max_minutes` for equal wall time), each in its
+    own directory under `run.run_dir`; measure each one. Returns one row per cell."""
     import time
 
     from mt.checkpoint import load_checkpoint
     from mt.config import DecodeConfig
-    from mt.train import Trainer
+    from mt.data import load_corpus
+    from mt.train import model_to_train, train
     from mt.translator import Translator
 
+    if train_config.max_minutes <= 0:  # the cells compete for equal wall time
+        raise MTError(f"--minutes must be > 0, got {train_config.max_minutes}")
+    tokenizers = TokenizerPair.load(run.tokenizer_dir)
+    config = model_to_train(model, (), tokenizers, None)
     budget = Seq2Seq(dataclasses.replace(config, cell=Cell.lstm)).num_parameters()
-    sources, references = next(iter(validation.values()))  # speed and gradients on the first set
+    first = load_corpus(run.valid[0], run.src, run.tgt)  # speed and gradients on the first set
+    sources, references = first["source"], first["target"]
     rows = []
     for cell in cells:
-        cell_config = dataclasses.replace(config, cell=cell)
-        cell_config = dataclasses.replace(cell_config, hidden_size=hidden_size_for_budget(cell_config, budget))
-        trainer = Trainer(
-            cell_config, train_config, tokenizers, corpus, validation, output / cell, device, {"compare": cell}
-        )
-        result = trainer.run(reporter)
+        hidden_size = hidden_size_for_budget(dataclasses.replace(config, cell=cell), budget)
+        cell_run = dataclasses.replace(run, output=run.run_dir / cell, overwrite=True)
+        cell_model = {**model, "cell": cell, "hidden_size": hidden_size}
+        result = train(cell_run, cell_model, (), train_config, device, log, reporter)
         best = load_checkpoint(result.best, device)
         translator = Translator(best.model, best.tokenizers, device)
         started = time.perf_counter()
@@ -288,7 +388,7 @@ def compare_cells(
         rows.append(
             {
                 "cell": cell,
-                "hidden_size": cell_config.hidden_size,
+                "hidden_size": hidden_size,
                 "parameters": best.model.num_parameters(),
                 "tokens_per_second": round(result.state.train_tokens / max(result.state.train_seconds, 1e-9)),
                 "updates": result.state.step,

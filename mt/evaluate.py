@@ -51,3 +51,40 @@ def significance(systems: Sequence[Sequence[str]], references: Sequence[str], te
         "signatures": {name: str(signatures[column]) for name, column in zip(TESTED, columns)},
         "systems": results,
     }
+
+
+def report(
+    systems: Sequence[Sequence[str]],
+    hypotheses: Sequence[Sequence[str]],
+    references: Sequence[str],
+    test: str,
+    confidence: bool,
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The scores of `mt evaluate`: one result per system (`systems`: each one's model
+    paths, an ensemble when several) with its scores and, when `confidence` or several
+    systems are compared, its confidence intervals; and `significance`'s record (or None)."""
+    results = [
+        {
+            "model": str(paths[0]),
+            **({"ensemble": [str(p) for p in paths]} if len(paths) > 1 else {}),
+            **score(h, references),
+        }
+        for paths, h in zip(systems, hypotheses)
+    ]
+    tested = significance(hypotheses, references, test) if confidence or len(systems) > 1 else None
+    if tested is not None:
+        for result, intervals in zip(results, tested["systems"]):
+            result.update({f"{name}_confidence": interval for name, interval in intervals.items()})
+    return results, tested
+
+
+def json_report(results: list[dict[str, Any]], tested: dict[str, Any] | None, settings: dict[str, Any]) -> dict:
+    """`mt evaluate --json`: one model's result with the `settings` that made it, or the
+    settings, the paired test and every system's result; with the test's signatures."""
+    if len(results) == 1:
+        body = {**results[0], **settings}
+    else:
+        body = {**settings, "paired_test": tested["test"], "baseline": results[0]["model"], "systems": results}
+    if tested is not None:
+        body["confidence_signatures"] = tested["signatures"]
+    return body

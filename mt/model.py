@@ -233,8 +233,8 @@ class Decoder(nn.Module):
         Inductor fuses the step's many small operations, forward and backward, and under
         bf16 autocast the casts between them; translation keeps the eager step. The LSTM's
         dropout between layers draws its masks another way (uniform numbers, not Bernoulli
-        ones): the same distribution, not the same masks as the eager step's."""
-        torch._dynamo.config.allow_rnn = True  # trace the one-step nn.LSTM call into the graph
+        ones): the same distribution, not the same masks as the eager step's. Needs
+        `mt.runtime.for_training(..., compile=True)`, which lets Dynamo trace the one-step nn.LSTM call."""
         self.compiled_step = torch.compile(self.step, dynamic=True)
 
     def output_layer(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

@@ -181,16 +181,7 @@ def beam_search(
         history = torch.cat([history[rows], previous[:, None]], dim=1)
         state = state.select(rows)  # the encoder output needs no reordering: a sentence's beams share it
 
-        done = []
-        for i, sentence in enumerate(searching):
-            at_limit = t + 1 >= limits[sentence]
-            if at_limit:
-                for j in range(k):
-                    if torch.isfinite(scores[i, j]):
-                        finished[sentence].append(
-                            Hypothesis(history[i * k + j].tolist(), float(scores[i, j]) / penalty)
-                        )
-            done.append(at_limit or len(finished[sentence]) >= k)
+        done = _sentences_done(searching, [t + 1 >= limits[s] for s in searching], scores, history, finished, penalty)
         if all(done):
             break
         if any(done):
@@ -201,6 +192,28 @@ def beam_search(
             state, encoded = state.select(live_rows), encoded.select(live_rows)
 
     return [sorted(hyps, key=lambda h: h.score, reverse=True)[:n_best] for hyps in finished]
+
+
+def _sentences_done(
+    searching: list[int],
+    at_limit: list[bool],
+    scores: torch.Tensor,
+    history: torch.Tensor,
+    finished: list[list[Hypothesis]],
+    penalty: float,
+) -> list[bool]:
+    """Which sentences of the beam search stop now: those `at_limit` of their length
+    (their live beams, scores (n, K), join `finished` as they are) and those with K
+    finished hypotheses."""
+    k = scores.size(1)
+    done = []
+    for i, (sentence, limit) in enumerate(zip(searching, at_limit)):
+        if limit:
+            for j in range(k):
+                if torch.isfinite(scores[i, j]):
+                    finished[sentence].append(Hypothesis(history[i * k + j].tolist(), float(scores[i, j]) / penalty))
+        done.append(limit or len(finished[sentence]) >= k)
+    return done
 
 
 def search(

@@ -52,8 +52,9 @@ from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, ValidationEr
 from starlette.datastructures import State
 from starlette.exceptions import HTTPException
 
-from mt.checkpoint import DEFAULT_MODEL, read_info, resolve
+from mt.checkpoint import read_info, resolve
 from mt.config import DecodeConfig, MTError
+from mt.files import DEFAULT_MODEL
 from mt.translator import Alignment, Translator
 
 logger = logging.getLogger("mt.server")
@@ -605,9 +606,6 @@ def serve(
         sock.close()
         raise MTError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
     port = sock.getsockname()[1]
-    # Inference only: torch's own LSTM is the faster one step at a time. Switched
-    # off once for the process, so the workers' per-call switch never races.
-    torch.backends.mkldnn.enabled = False
     try:
         workers = load_workers(list(models or default_models()), device, quantize, batch_wait_ms, batching)
     except BaseException:

@@ -17,11 +17,16 @@ from __future__ import annotations
 
 import json
 import queue
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from mt.config import DecodeConfig, OutputFormat
+from mt.console import one_line, translation_progress
+from mt.files import atomic_file, count_lines, decode_lines, iter_lines
 from mt.translator import Candidate, Translator
 
 # A live stream that is silent this long has paused: translate what has come.
@@ -74,11 +79,6 @@ def chunks(lines: Iterable[str], size: int, pause: float | None = PAUSE_SECONDS)
             chunk = []
 
 
-def one_line(text: str) -> str:
-    """`text` with any line break (\\r, \\u2028, ...) made a space: one output line per input line."""
-    return " ".join(text.splitlines())
-
-
 @dataclass(frozen=True)
 class Formatter:
     """The output for one input line: `format`, `n_best` candidates, and with
@@ -126,3 +126,42 @@ def translate_stream(
         if progress is not None:
             progress(done)
     return done
+
+
+def translate_lines(
+    translator: Translator,
+    text: list[str] | None,
+    input: Path | None,
+    output: Path | None,
+    decode: DecodeConfig,
+    formatter: Formatter,
+    buffer_size: int,
+    split: bool = True,
+) -> int:
+    """`mt translate` of arguments (`text`), a file (`input`, with progress on stderr) or
+    standard input (translated as it arrives), to standard output or into `output`,
+    which appears only when all of it is written. Returns the number of lines."""
+    if text:
+        lines, pause, total = text, None, None
+    elif input is not None:
+        lines, pause, total = iter_lines(input), None, count_lines(input)
+    else:
+        lines, pause, total = decode_lines(sys.stdin.buffer, "standard input"), PAUSE_SECONDS, None
+    with _destination(output) as write, translation_progress(total) as progress:
+        return translate_stream(translator, lines, decode, formatter, write, buffer_size, split, pause, progress)
+
+
+@contextmanager
+def _destination(path: Path | None) -> Iterator[Callable[[str], None]]:
+    """A function that writes text to standard output (flushed: a reader gets each
+    chunk at once) or into `path`, which appears only once everything is written."""
+    if path is None:
+
+        def write(text: str) -> None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+        yield write
+        return
+    with atomic_file(path) as out:
+        yield lambda text: out.write(text.encode("utf-8"))

@@ -1,13 +1,8 @@
 """The training loop: teacher forcing, Adam with gradient-norm clipping,
 validation by BLEU, checkpoints that survive interruption.
 
-A run lives in one output directory (`RunDirectory`: who may use it, what
---overwrite deletes):
-    best.safetensors   the checkpoint with the highest validation BLEU (the mean over the validation sets)
-    last.safetensors   the latest checkpoint, with the trainer's state for resuming
-    step-*.safetensors the last validation checkpoints (--keep-checkpoints)
-    log.jsonl          one JSON record per validation
-    lock               held by the one process training the run
+A run lives in one output directory (`mt.run.RunDirectory`: what it holds,
+who may use it, what --overwrite deletes).
 
 Re-running the same command on the same directory resumes from `last`: the
 model, the optimizer, the learning rate, the random state and the position
@@ -25,30 +20,28 @@ batches, so a run can resume with another number of workers.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import fcntl
-import hashlib
+import dataclasses
 import json
 import math
-import os
 import signal
-import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from mt import distributed
-from mt.checkpoint import load_checkpoint, read_info, resolve, save_checkpoint, write_atomic
-from mt.config import AttentionKind, DecodeConfig, ModelConfig, MTError, TrainConfig
-from mt.data import TokenizedCorpus, collate, make_batches
+from mt import distributed, runtime
+from mt.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from mt.config import AttentionKind, DecodeConfig, ModelConfig, MTError, RunConfig, TrainConfig
+from mt.data import TokenizedCorpus, collate, make_batches, training_data
 from mt.evaluate import score
-from mt.model import Decoder, Seq2Seq
+from mt.files import write_atomic
+from mt.loss import label_smoothed_loss, output_loss
+from mt.model import Seq2Seq
+from mt.run import RunDirectory, load_optimizer, optimizer_tensors, provenance
 from mt.tokenizer import TokenizerPair
 from mt.translator import Translator
 
@@ -83,226 +76,10 @@ class TrainResult:
     state: TrainerState
 
 
-def provenance(
-    source_language: str,
-    target_language: str,
-    train_corpora: list[dict[str, Any]],
-    valid_corpora: list[str],
-    seed: int,
-    workers: int,
-    init_from: Path | None = None,
-    parent: Any = None,
-) -> dict[str, Any]:
-    """How a model was made, stored in each of its checkpoints: languages, corpora
-    (spec, upsampling factor, fingerprint), the parent of a fine-tuned model, the
-    command line and the versions of what trained it."""
-    import platform
-    import sys
-
-    import sacrebleu
-    import sentencepiece
-
-    from mt import __version__
-
-    parent_record = None
-    if init_from is not None:
-        path = resolve(init_from)
-        with open(path, "rb") as handle:
-            digest = hashlib.file_digest(handle, "sha256").hexdigest()
-        keys = ("source_language", "target_language", "train_corpora", "step", "command")
-        parent_record = {
-            "path": str(path),
-            "sha256": digest,
-            **{key: parent.info[key] for key in keys if key in parent.info},
-        }
-    return {
-        "source_language": source_language,
-        "target_language": target_language,
-        "train_corpora": train_corpora,
-        "valid_corpora": valid_corpora,
-        "init_from": parent_record,
-        "seed": seed,
-        "workers": workers,
-        "command": " ".join(["mt", *sys.argv[1:]]) if Path(sys.argv[0]).name in ("mt", "__main__.py") else None,
-        "versions": {
-            "mt": __version__,
-            "torch": torch.__version__,
-            "sentencepiece": sentencepiece.__version__,
-            "sacrebleu": sacrebleu.__version__,
-            "python": platform.python_version(),
-        },
-    }
-
-
-def bf16_supported(device: torch.device) -> bool:
-    """Whether bf16 autocast can train here: on GPUs that have bf16, and on CPUs whose
-    oneDNN has bf16 LSTM kernels (AVX512-BF16 or AMX); other CPUs fail inside the LSTM."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            torch.nn.LSTM(4, 4, batch_first=True)(torch.zeros(1, 2, 4))
-    except RuntimeError:
-        return False
-    return True
-
-
-def keep_freed_memory() -> None:
-    """Have glibc's malloc keep the memory that torch frees, for the next tensors of the
-    same sizes, instead of handing it back to the kernel. By default it maps large blocks
-    (from 128 KiB; the threshold rises as such blocks are freed) and unmaps them when they
-    are freed, and trims a large free top of the heap; every page of fresh memory is then
-    faulted in again (16,000-20,000 page faults per update in the first updates of the
-    attention recipe, 8,500-11,000 with this). Updates are 2-5% faster
-    (`docs/benchmarks.md`); memory stays near its peak, as in training it would anyway.
-    A no-op where the C library is not glibc (macOS, musl)."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt(3)
-    libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's largest: blocks up to 32 MiB come from the heap
-    libc.mallopt(m_trim_threshold, 2**31 - 1)  # (an int) a free heap top is kept up to 2 GiB
-
-
-def compiler_found() -> bool:
-    """Whether torch.compile finds the C++ compiler it builds its CPU code with (g++, or $CXX)."""
-    from torch._inductor.cpp_builder import get_cpp_compiler
-    from torch._inductor.exc import InvalidCxxCompiler
-
-    try:
-        get_cpp_compiler()
-    except InvalidCxxCompiler:
-        return False
-    return True
-
-
-def check_compilable(model_config: ModelConfig, device: torch.device) -> None:
-    """Refuse `--compile` where it cannot work: without attention there is no step loop to
-    compile, and on a CPU torch.compile writes C++ that a compiler must build."""
+def check_compilable(model_config: ModelConfig) -> None:
+    """Refuse `--compile` for a model without attention: it has no step loop to compile."""
     if model_config.attention == AttentionKind.none:
         raise MTError("--compile compiles the attention decoder's step loop; this model has no attention")
-    if device.type == "cpu" and not compiler_found():
-        raise MTError(
-            "--compile: torch.compile found no C++ compiler here; install g++ (or set CXX), or train without --compile"
-        )
-
-
-def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float, pad_id: int) -> torch.Tensor:
-    """logits (B, T, V), target (B, T) -> mean cross-entropy over real target tokens."""
-    return F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)).float(), target.reshape(-1), ignore_index=pad_id, label_smoothing=smoothing
-    )
-
-
-# Rows of the output layer that the training loss computes at a time: a chunk's
-# (rows, V) logits stay small instead of the batch's (B*T, V).
-LOSS_CHUNK_ROWS = 512
-
-
-class _ChunkedOutputLoss(torch.autograd.Function):
-    """The V-way output layer and the label-smoothed cross-entropy as one
-    operation, LOSS_CHUNK_ROWS rows at a time, so that the (N, V) logits, their
-    softmax and their gradient, the largest tensors of a training step (130 MB
-    each for 4,000 target tokens and 8,000 pieces), are never stored whole. The
-    loss is a scalar: the gradients are computed in the forward pass while each
-    chunk's probabilities are at hand, and the backward pass only scales them.
-    Under autocast the products run in its dtype, the softmax in fp32."""
-
-    @staticmethod
-    def forward(ctx, inputs, weight, bias, target, smoothing: float, pad_id: int):
-        # inputs (N, D), weight (V, D), bias (V,) or None, target (N,)
-        device = inputs.device.type
-        compute = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else torch.float32
-        vocab, width = weight.shape
-        real = (target != pad_id).nonzero().squeeze(1)  # (n,) the rows of real target tokens
-        count = max(real.numel(), 1)
-        total = torch.zeros((), dtype=torch.float32, device=inputs.device)
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32)
-        grad_bias = torch.zeros_like(bias, dtype=torch.float32) if bias is not None else None
-        with torch.autocast(device, enabled=False):
-            x_all, y_all = inputs.index_select(0, real).to(compute), target.index_select(0, real)
-            w = weight.to(compute)
-            b = bias.to(compute) if bias is not None else None
-            grad_real = torch.empty(real.numel(), width, dtype=torch.float32, device=inputs.device)
-            # One set of (rows, V) buffers for every chunk: fresh ones would be paged in again each time.
-            rows = min(LOSS_CHUNK_ROWS, real.numel())
-            logits_buffer = torch.empty(rows, vocab, dtype=compute, device=inputs.device)
-            log_probs_buffer = torch.empty(rows, vocab, dtype=torch.float32, device=inputs.device)
-            probs_buffer = (
-                torch.empty(rows, vocab, dtype=compute, device=inputs.device) if compute != torch.float32 else None
-            )
-            for start in range(0, real.numel(), LOSS_CHUNK_ROWS):
-                x, y = x_all[start : start + LOSS_CHUNK_ROWS], y_all[start : start + LOSS_CHUNK_ROWS]
-                n = x.size(0)
-                logits = (
-                    torch.addmm(b, x, w.t(), out=logits_buffer[:n])
-                    if b is not None
-                    else torch.mm(x, w.t(), out=logits_buffer[:n])
-                )
-                log_probs = torch.log_softmax(logits, dim=-1, dtype=torch.float32, out=log_probs_buffer[:n])
-                # torch's label smoothing: (1 - eps) * NLL + eps * the mean of -log p over the vocabulary
-                total -= (1 - smoothing) * log_probs.gather(1, y[:, None]).sum() + smoothing / vocab * log_probs.sum()
-                probs = log_probs.exp_()
-                if grad_bias is not None:
-                    grad_bias += probs.sum(dim=0)
-                if compute != torch.float32:
-                    probs = probs_buffer[:n].copy_(probs)
-                grad_real[start : start + n] = probs @ w
-                grad_weight += (probs.t() @ x).float()
-            # d loss / d logits = softmax - eps / V - (1 - eps) * onehot(target): the loop applied the
-            # softmax; the two other terms, the same for every chunk, are applied once here.
-            uniform, onehot = smoothing / vocab, 1 - smoothing
-            x_all, w = x_all.float(), weight.float()  # the fp32 weight itself, not its bf16 copy converted back
-            grad_real -= uniform * w.sum(dim=0)
-            grad_real.sub_(w.index_select(0, y_all), alpha=onehot)
-            grad_weight -= uniform * x_all.sum(dim=0)
-            grad_weight.index_add_(0, y_all, x_all, alpha=-onehot)
-            if grad_bias is not None:
-                grad_bias -= uniform * real.numel()
-                grad_bias.index_add_(0, y_all, torch.ones_like(y_all, dtype=torch.float32), alpha=-onehot)
-        grad_inputs = torch.zeros_like(inputs).index_copy_(0, real, grad_real.to(inputs.dtype))
-        ctx.save_for_backward(grad_inputs / count, grad_weight / count, None if bias is None else grad_bias / count)
-        return total / count
-
-    @staticmethod
-    def backward(ctx, grad_loss):
-        grad_inputs, grad_weight, grad_bias = ctx.saved_tensors
-        scaled_bias = None if grad_bias is None else grad_bias * grad_loss
-        return grad_inputs * grad_loss, grad_weight * grad_loss, scaled_bias, None, None, None
-
-
-def output_loss(decoder: Decoder, features: torch.Tensor, target: torch.Tensor, smoothing: float, pad_id: int):
-    """features (B, T, H), target (B, T) -> the mean label-smoothed cross-entropy over
-    real target tokens of the decoder's output layer: `label_smoothed_loss` of
-    `decoder.logits(features)`, computed chunk by chunk (for training)."""
-    inputs, weight, bias = decoder.output_layer(features)
-    flat = inputs.reshape(-1, inputs.size(-1))
-    return _ChunkedOutputLoss.apply(flat, weight, bias, target.reshape(-1), smoothing, pad_id)
-
-
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
-    """Adam's moments as named tensors (for safetensors) and its param groups as JSON-able dicts."""
-    state = optimizer.state_dict()
-    tensors = {
-        f"trainer.optimizer.{index}.{name}": value
-        for index, slots in state["state"].items()
-        for name, value in slots.items()
-    }
-    return tensors, state["param_groups"]
-
-
-def _load_optimizer(
-    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[dict[str, Any]]
-) -> None:
-    slots: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("trainer.optimizer."):
-            index, name = key.removeprefix("trainer.optimizer.").split(".", 1)
-            slots.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": slots, "param_groups": groups})
 
 
 # TrainConfig fields a resumed run may change: the budget, the schedule of validations and
@@ -311,72 +88,6 @@ RESUMABLE_CHANGES = {
     "max_epochs", "max_steps", "max_minutes", "patience", "validate_every", "validation_beam",
     "keep_checkpoints", "accumulate", "bf16", "compile",
 }  # fmt: skip
-
-
-class RunDirectory:
-    """A training run's directory and the rules for reusing it.
-
-    The run owns `best.safetensors`, `last.safetensors`, `step-*.safetensors`,
-    `log.jsonl` and `lock`: --overwrite deletes only those, and only after
-    every input was read. One process at a time: `lock()` holds an exclusive
-    flock on RUN/lock, which the kernel releases when the process ends, so a
-    killed run leaves no stale lock.
-    """
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.last = self.path / "last.safetensors"
-
-    def check(self, overwrite: bool) -> bool:
-        """Whether to resume (reads only the header of `last`); refuses a file as the
-        directory, a finished run and a `last` without trainer state."""
-        if self.path.exists() and not self.path.is_dir():
-            raise MTError(f"--output {self.path} is a file; the run needs a directory")
-        if overwrite or not self.last.exists():
-            return False
-        state = read_info(self.last).get("trainer_state")
-        if not isinstance(state, dict):
-            raise MTError(
-                f"{self.last} holds no trainer state (a copy of a best or averaged checkpoint?); "
-                "pass --overwrite to start afresh, or move it away"
-            )
-        if state.get("finished"):
-            raise MTError(
-                f"{self.path} holds a finished run; pass --overwrite to train again, or choose another --output"
-            )
-        return True
-
-    @contextlib.contextmanager
-    def lock(self):
-        """Hold the run's lock; another process holding it is an error. Removes the
-        temporary files of writes that a killed process left behind."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.path / "lock", "a+") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.seek(0)
-                owner = handle.read().strip() or "?"
-                raise MTError(
-                    f"another mt train (process {owner}) is using {self.path}; wait for it, or choose another --output"
-                ) from None
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"{os.getpid()}\n")
-            handle.flush()
-            for leftover in self.path.glob(".*.safetensors.*.tmp"):
-                leftover.unlink(missing_ok=True)
-            yield
-
-    def clear(self) -> None:
-        """Delete the run's own files (--overwrite), nothing else."""
-        for path in [
-            self.path / "best.safetensors",
-            self.last,
-            self.path / "log.jsonl",
-            *self.path.glob("step-*.safetensors"),
-        ]:
-            path.unlink(missing_ok=True)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -414,7 +125,7 @@ class _StopOnSignal:
 
 class Reporter:
     """What the trainer tells the outside world as it goes. This base class tells
-    nothing; the CLI's reporter draws a progress bar and prints validations."""
+    nothing; `mt.console.TrainingProgress` draws a progress bar and prints validations."""
 
     def started(self, total_steps: int, state: TrainerState, deadline: float | None) -> None:
         """Training starts (or resumes at `state.step`); `deadline`: time.monotonic() when the time budget ends."""
@@ -458,15 +169,12 @@ class Trainer:
         self.reporter = Reporter()
         self.workers = distributed.current()
 
-        if train_config.bf16 and not bf16_supported(device):
-            raise MTError(
-                f"--bf16: this {device.type} has no bf16 kernels for the LSTM (AVX512-BF16 or AMX); train without --bf16"
-            )
-        keep_freed_memory()
+        if train_config.compile:
+            check_compilable(model_config)
+        runtime.for_training(device, bf16=train_config.bf16, compile=train_config.compile)
         torch.manual_seed(train_config.seed)
         self.model = Seq2Seq(model_config).to(device)
         if train_config.compile:
-            check_compilable(model_config, device)
             self.model.decoder.compile_step()
         # The module the training steps run: DDP averages the workers' gradients in backward.
         self.network = self.model
@@ -513,8 +221,8 @@ class Trainer:
         """Write `last` (the first worker only: the replicas are identical)."""
         if not self.workers.is_main:
             return
-        optimizer_tensors, groups = _optimizer_tensors(self.optimizer)
-        extra = {**optimizer_tensors, "trainer.rng.cpu": torch.get_rng_state()}
+        moments, groups = optimizer_tensors(self.optimizer)
+        extra = {**moments, "trainer.rng.cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
             extra["trainer.rng.cuda"] = torch.cuda.get_rng_state()
         info = {**self._info(), "trainer_state": self.state.__dict__, "optimizer_groups": groups}
@@ -551,7 +259,7 @@ class Trainer:
                 f"{cfg.max_epochs}{f' --max-steps {cfg.max_steps}' if cfg.max_steps else ''} leaves nothing to train; give a larger budget"
             )
         self.model.load_state_dict(checkpoint.model.state_dict())
-        _load_optimizer(self.optimizer, checkpoint.extra, checkpoint.info["optimizer_groups"])
+        load_optimizer(self.optimizer, checkpoint.extra, checkpoint.info["optimizer_groups"])
         self.state = state
         torch.set_rng_state(checkpoint.extra["trainer.rng.cpu"])
         if "trainer.rng.cuda" in checkpoint.extra and torch.cuda.is_available():
@@ -806,12 +514,95 @@ class Trainer:
         return bool(patience) and self.state.validations_without_gain >= patience
 
 
-def validation_line(record: dict[str, Any]) -> str:
-    """One line of text for a validation record."""
-    mark = " (best)" if record.get("best") else ""
-    sets = record.get("validation_sets", {})
-    per_set = " (" + ", ".join(f"{name} {s['bleu']:.2f}" for name, s in sets.items()) + ")" if sets else ""
-    return (
-        f"step {record['step']}  epoch {record['epoch']}  valid loss {record['validation_loss']:.3f}  "
-        f"valid BLEU {record['validation_bleu']:.2f}{per_set}{mark}  lr {record['learning_rate']:.2e}"
-    )
+# ModelConfig fields that make the architecture, and the `mt train` option that sets each.
+ARCHITECTURE = {
+    "embedding_size": "--embedding-size",
+    "hidden_size": "--hidden-size",
+    "num_layers": "--layers",
+    "cell": "--cell",
+    "attention": "--attention",
+    "bidirectional": "--bidirectional",
+    "reverse_source": "--reverse-source",
+    "tie_embeddings": "--tie-embeddings",
+    "share_embeddings": "--share-embeddings",
+}
+
+
+def model_to_train(
+    model: Mapping[str, Any], chosen: Collection[str], tokenizers: TokenizerPair, parent: Checkpoint | None
+) -> ModelConfig:
+    """The config of the model to train: `model` (ModelConfig fields but the vocabulary
+    sizes) with `tokenizers`' vocabulary, or, fine-tuning, the `parent` checkpoint's
+    architecture with this run's dropout and cell implementation; an architecture
+    field the user `chosen` with another value than the parent's is an error."""
+    if parent is None:
+        sizes = {"src_vocab_size": tokenizers.source.vocab_size, "tgt_vocab_size": tokenizers.target.vocab_size}
+        return ModelConfig(**sizes, **model)
+    theirs = parent.model.config
+    for name, option in ARCHITECTURE.items():
+        if name in chosen and model[name] != getattr(theirs, name):
+            raise MTError(
+                f"{option} {model[name]} conflicts with --init-from, whose model has {getattr(theirs, name)}; "
+                "leave the option out"
+            )
+    return dataclasses.replace(theirs, dropout=model["dropout"], cell_impl=model["cell_impl"])
+
+
+def train(
+    run: RunConfig,
+    model: Mapping[str, Any],
+    chosen: Collection[str],
+    config: TrainConfig,
+    device: torch.device,
+    log: Callable[[str], None],
+    reporter: Reporter,
+) -> TrainResult:
+    """`mt train`: build a run from its configs and train it. Reads the tokenizer (or the
+    --init-from model), the corpora and the validation sets, resumes the run directory's
+    interrupted run (or, with `run.overwrite`, clears it), and trains. Under torchrun only
+    the first worker logs, reports and writes. See `model_to_train` for `model` and `chosen`.
+    Raises `Interrupted` (after saving `last`) on Ctrl-C or SIGTERM."""
+    parent = load_checkpoint(run.init_from) if run.init_from is not None else None
+    tokenizers = parent.tokenizers if parent else TokenizerPair.load(run.tokenizer_dir)
+    model_config = model_to_train(model, chosen, tokenizers, parent)
+    if config.compile:
+        check_compilable(model_config)
+    directory = RunDirectory(run.run_dir)
+    resume = directory.check(run.overwrite)
+    device = distributed.start(device)
+    try:
+        workers = distributed.current()
+        if not workers.is_main:  # the others would repeat every line
+            log, reporter = (lambda line: None), Reporter()
+        with directory.lock() if workers.is_main else contextlib.nullcontext():
+            with distributed.main_first():  # the first worker tokenizes into the datasets cache
+                corpus, validation, corpora = training_data(
+                    run.train, run.valid, run.src, run.tgt, tokenizers, config.max_length, log
+                )
+            if run.overwrite and workers.is_main:
+                directory.clear()
+            info = provenance(
+                run.src, run.tgt, corpora, list(validation), config.seed, workers.world_size, run.init_from, parent
+            )
+            trainer = Trainer(model_config, config, tokenizers, corpus, validation, directory.path, device, info)
+            if parent is not None:
+                trainer.model.load_state_dict(parent.model.state_dict())
+            if resume:
+                changes = trainer.resume()
+                log(f"resuming {directory.path} at step {trainer.state.step} (epoch {trainer.state.epoch + 1})")
+                for change in changes:
+                    log(f"  changed since the last run: {change}")
+            where = f"{workers.world_size} workers on {device.type}" if workers.world_size > 1 else str(device)
+            log(f"model: {trainer.model.num_parameters():,} parameters on {where}")
+            try:
+                result = trainer.run(reporter)
+            except Interrupted:
+                log(
+                    f"interrupted at step {trainer.state.step}; saved {trainer.last_path}. Resume with the same command."
+                )
+                raise
+        log(f"best validation BLEU {result.best_bleu:.2f}: {result.best}")
+        log(f"last checkpoint: {result.last}")
+        return result
+    finally:
+        distributed.stop()

@@ -8,18 +8,17 @@ reads well (`max_tokens` subwords: by default the longest pair it was trained
 on) is cut at clause boundaries, else between words, and translated piece by
 piece: nothing the user typed is dropped.
 
-Threads: a Translator keeps no state between calls, but each call switches
-oneDNN off for the whole process while it runs (torch's own LSTM is faster for
-one decoder step at a time) and puts the model in eval mode. Call it from one
-thread at a time (a server gives it one worker thread) and not while the same
-process trains the same model in another thread.
+Threads: a Translator keeps no state between calls, but each call puts the
+model in eval mode. Call it from one thread at a time (the server runs one
+call per model at a time) and not while the same process trains the same model
+in another thread. Commands that translate set the process up for it first
+(`mt.runtime.for_inference`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -86,16 +85,6 @@ def _cut_after(text: str, boundary: re.Pattern) -> list[str]:
     """`text` cut after each match of `boundary`; the pieces concatenate to `text`."""
     ends = [match.end() for match in boundary.finditer(text) if 0 < match.end() < len(text)]
     return [text[start:end] for start, end in zip([0, *ends], [*ends, len(text)])]
-
-
-@contextmanager
-def _without_onednn() -> Iterator[None]:
-    previous = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = previous
 
 
 class Translator:
@@ -211,17 +200,14 @@ class Translator:
         pad_id, eos_id = self.model.config.pad_id, self.model.config.eos_id
         was_training = self.model.training
         self.model.eval()
-        # oneDNN's RNN kernel builds a primitive per call: for one decoder step at a
-        # time torch's own LSTM is faster (warm latency 54 -> 27 ms greedy, same output).
-        with _without_onednn():
-            rows_per_sentence = n_best if decode.sampling else decode.beam_size
-            for batch in make_batches(lengths, max(1, self.batch_tokens // rows_per_sentence)):
-                indices = [nonempty[j] for j in batch.tolist()]
-                source, source_lengths = source_tensors([encoded[i] for i in indices], pad_id, eos_id)
-                hypotheses = search(self.model, source.to(self.device), source_lengths.to(self.device), decode, n_best)
-                for index, hyps in zip(indices, hypotheses):
-                    texts = self.tokenizers.target.decode([h.tokens for h in hyps])
-                    results[index] = [Candidate(text, h.score) for text, h in zip(texts, hyps)]
+        rows_per_sentence = n_best if decode.sampling else decode.beam_size
+        for batch in make_batches(lengths, max(1, self.batch_tokens // rows_per_sentence)):
+            indices = [nonempty[j] for j in batch.tolist()]
+            source, source_lengths = source_tensors([encoded[i] for i in indices], pad_id, eos_id)
+            hypotheses = search(self.model, source.to(self.device), source_lengths.to(self.device), decode, n_best)
+            for index, hyps in zip(indices, hypotheses):
+                texts = self.tokenizers.target.decode([h.tokens for h in hyps])
+                results[index] = [Candidate(text, h.score) for text, h in zip(texts, hyps)]
         self.model.train(was_training)
         return results
 

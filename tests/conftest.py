@@ -1,5 +1,8 @@
 """Shared fixtures: a toy German-English corpus made here, a joint tokenizer
-trained on it, and tiny models of every architecture.
+trained on it, and tiny models of every architecture; a larger template corpus
+and a model trained on it through `mt train` (`cli_run`, `cli_model`: the tests
+using them are marked slow); a small test set of real sentences for the shipped
+models.
 
 Everything is built by the tests themselves (no network, no ../shared data)
 and kept small, so that the whole suite runs on a CPU in seconds.
@@ -11,10 +14,12 @@ import atexit
 import gzip
 import itertools
 import os
+import random
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -30,6 +35,8 @@ os.environ.setdefault(
     "TORCHINDUCTOR_CACHE_DIR",
     os.path.join(tempfile.gettempdir(), f"mt-tests-inductor-{os.environ.get('ATEN_CPU_CAPABILITY', 'native')}"),
 )
+
+from helpers import _invoke, _write_lines, _write_pair  # noqa: E402
 
 from mt.checkpoint import save_checkpoint  # noqa: E402
 from mt.config import AttentionKind, Cell, ModelConfig  # noqa: E402
@@ -188,3 +195,214 @@ def random_sources(
 def make_sources() -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
     """`make_sources([5, 3, 7], vocab_size)` -> padded source (B, S) and lengths (B,)."""
     return random_sources
+
+
+# --------------------------------------------------------------------------
+# A template corpus: subject + verb + place, German and English side by side;
+# a tokenizer and a model trained on it through the CLI. Training takes a while
+# (once per test process): the tests that use `cli_run` or `cli_model` are slow.
+
+SUBJECTS = [
+    ("ein Hund", "a dog"),
+    ("eine Katze", "a cat"),
+    ("ein Mann", "a man"),
+    ("eine Frau", "a woman"),
+    ("ein Kind", "a child"),
+    ("ein Junge", "a boy"),
+    ("ein Mädchen", "a girl"),
+    ("ein alter Mann", "an old man"),
+    ("eine junge Frau", "a young woman"),
+    ("ein großer Hund", "a big dog"),
+    ("ein Arbeiter", "a worker"),
+    ("eine Gruppe Kinder", "a group of children"),
+    ("ein Radfahrer", "a cyclist"),
+    ("ein Musiker", "a musician"),
+    ("eine Lehrerin", "a teacher"),
+    ("ein Polizist", "a police officer"),
+    ("ein Fußballspieler", "a soccer player"),
+    ("eine ältere Dame", "an elderly lady"),
+    ("ein kleiner Vogel", "a small bird"),
+    ("ein Verkäufer", "a salesman"),
+]
+
+
+ACTIONS = [
+    ("läuft", "runs"),
+    ("spielt", "plays"),
+    ("schläft", "sleeps"),
+    ("sitzt", "sits"),
+    ("wartet", "waits"),
+    ("steht", "stands"),
+    ("tanzt", "dances"),
+    ("lacht", "laughs"),
+    ("singt", "sings"),
+    ("isst", "eats"),
+    ("arbeitet", "works"),
+    ("liest", "reads"),
+    ("springt", "jumps"),
+    ("malt", "paints"),
+    ("telefoniert", "talks on the phone"),
+]
+
+
+PLACES = [
+    ("im Park", "in the park"),
+    ("auf der Straße", "on the street"),
+    ("am Strand", "on the beach"),
+    ("im Garten", "in the garden"),
+    ("im Schnee", "in the snow"),
+    ("vor dem Haus", "in front of the house"),
+    ("neben einem Baum", "next to a tree"),
+    ("in der Küche", "in the kitchen"),
+    ("auf einer Bühne", "on a stage"),
+    ("am Fluss", "by the river"),
+    ("auf dem Markt", "at the market"),
+    ("im Wasser", "in the water"),
+    ("auf einer Brücke", "on a bridge"),
+    ("hinter dem Zaun", "behind the fence"),
+    ("im Restaurant", "in the restaurant"),
+]
+
+
+TIMES = [
+    ("", ""),
+    ("heute", "today"),
+    ("am Morgen", "in the morning"),
+    ("im Winter", "in winter"),
+    ("oft", "often"),
+    ("gerne", "happily"),
+    ("am Abend", "in the evening"),
+]
+
+
+def _template_pairs(count: int = 220) -> list[tuple[str, str]]:
+    """`count` distinct pairs, the same on every run."""
+    rng = random.Random(1234)
+    seen, pairs = set(), []
+    while len(pairs) < count:
+        choice = tuple(rng.randrange(len(words)) for words in (SUBJECTS, ACTIONS, PLACES, TIMES))
+        if choice in seen:
+            continue
+        seen.add(choice)
+        (de_s, en_s), (de_v, en_v), (de_p, en_p), (de_t, en_t) = (
+            words[i] for words, i in zip((SUBJECTS, ACTIONS, PLACES, TIMES), choice)
+        )
+        de = " ".join(w for w in (de_s, de_v, de_t, de_p) if w) + "."
+        en = " ".join(w for w in (en_s, en_v, en_p, en_t) if w) + "."
+        pairs.append((de[0].upper() + de[1:], en[0].upper() + en[1:]))
+    return pairs
+
+
+@pytest.fixture(scope="session")
+def cli_corpus(tmp_path_factory) -> SimpleNamespace:
+    """200 training and 20 validation pairs as PREFIX.de.gz / PREFIX.en.gz."""
+    root = tmp_path_factory.mktemp("cli_corpus")
+    pairs = _template_pairs()
+    train, valid = pairs[:200], pairs[200:220]
+    train_prefix = _write_pair(root / "train", [s for s, _ in train], [t for _, t in train])
+    valid_prefix = _write_pair(root / "valid", [s for s, _ in valid], [t for _, t in valid])
+    return SimpleNamespace(
+        root=root,
+        train=train_prefix,
+        valid=valid_prefix,
+        valid_pairs=valid,
+        valid_src=Path(f"{valid_prefix}.de.gz"),
+        valid_ref=Path(f"{valid_prefix}.en.gz"),
+    )
+
+
+@pytest.fixture(scope="session")
+def cli_tokenizer(cli_corpus) -> SimpleNamespace:
+    """`mt train-tokenizer` on the template corpus (joint unigram, 150 pieces)."""
+    output = cli_corpus.root / "tokenizer"
+    result = _invoke(
+        [
+            "train-tokenizer",
+            "--train",
+            cli_corpus.train,
+            "--src",
+            "de",
+            "--tgt",
+            "en",
+            "--vocab-size",
+            150,
+            "--output",
+            output,
+        ]
+    )
+    return SimpleNamespace(result=result, directory=output)
+
+
+@pytest.fixture(scope="session")
+def cli_run(cli_corpus, cli_tokenizer) -> SimpleNamespace:
+    """`mt train` with a tiny model for 200 steps on CPU. Read-only for the tests that use it."""
+    assert cli_tokenizer.result.exit_code == 0, cli_tokenizer.result.output
+    # A realistic, longish run directory: with the pytest base directory the
+    # checkpoint paths are wider than an 80-column terminal.
+    run = cli_corpus.root / "runs" / "de-en-luong-e32-h64-l1-200-steps"
+    result = _invoke(
+        [
+            "train",
+            "--train", cli_corpus.train,
+            "--valid", cli_corpus.valid,
+            "--src", "de",
+            "--tgt", "en",
+            "--tokenizer", cli_tokenizer.directory,
+            "--output", run,
+            "--embedding-size", 32,
+            "--hidden-size", 64,
+            "--layers", 1,
+            "--dropout", 0.1,
+            "--attention", "luong",
+            "--batch-tokens", 400,
+            "--max-steps", 200,
+            "--validate-every", 100,
+            "--patience", 0,
+            "--device", "cpu",
+            "--lr", 0.01,
+            "--seed", 7,
+        ],
+        env={"COLUMNS": "80"},  # what rich assumes for a log file or a pipe
+    )  # fmt: skip
+    return SimpleNamespace(result=result, directory=run, best=run / "best.safetensors", last=run / "last.safetensors")
+
+
+@pytest.fixture(scope="session")
+def cli_model(cli_run) -> Path:
+    """The best checkpoint of the tiny run (fails the dependent test if training failed)."""
+    assert cli_run.result.exit_code == 0, cli_run.result.output
+    assert cli_run.best.is_file()
+    return cli_run.best
+
+
+# --------------------------------------------------------------------------
+# Real sentences, for the shipped models.
+
+GERMAN = [
+    "Ein Hund läuft durch den Park.",
+    "Zwei Männer spielen Fußball auf einer Wiese.",
+    "Eine Frau liest ein Buch im Zug.",
+    "Das kleine Mädchen isst ein Eis.",
+    "Ich habe heute keine Zeit.",
+    "Kannst du mir bitte helfen?",
+    "Wir fahren morgen nach Berlin.",
+    "Er trinkt jeden Morgen Kaffee.",
+]
+
+
+ENGLISH = [
+    "A dog runs through the park.",
+    "Two men are playing soccer on a meadow.",
+    "A woman is reading a book on the train.",
+    "The little girl is eating an ice cream.",
+    "I don't have time today.",
+    "Can you please help me?",
+    "We are going to Berlin tomorrow.",
+    "He drinks coffee every morning.",
+]
+
+
+@pytest.fixture(scope="module")
+def test_set(tmp_path_factory) -> tuple[Path, Path]:
+    directory = tmp_path_factory.mktemp("test-set")
+    return _write_lines(directory / "test.de", GERMAN), _write_lines(directory / "test.en", ENGLISH)

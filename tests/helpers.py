@@ -1,9 +1,11 @@
 """What several test modules share: the command, an offline one-thread
 environment and the check of a user error's one `error:` line for the tests
-that run `mt` as a user does; a tiny model with weights that use their range."""
+that run `mt` as a user does; `mt` run in this process (typer's CliRunner) and
+the corpus files given to it; tiny models, and weights that use their range."""
 
 from __future__ import annotations
 
+import gzip
 import os
 import signal
 import subprocess
@@ -11,7 +13,9 @@ import sys
 from pathlib import Path
 
 import torch
+from typer.testing import CliRunner
 
+from mt.cli import app
 from mt.model import Seq2Seq
 
 
@@ -86,3 +90,64 @@ def scramble(model: Seq2Seq, seed: int, std: float = 1.0) -> Seq2Seq:
         for parameter in model.parameters():
             parameter.normal_(0.0, std, generator=generator)
     return model
+
+
+# -- `mt` in this process, and the files it reads ------------------------------------------
+# Two spellings of one call, `invoke("translate", ...)` and `_invoke(["translate", ...])`:
+# the tests were written with both.
+
+
+def invoke(*args, input=None):
+    """`mt ARGS` in this process; stdout and stderr come back separately."""
+    return CliRunner().invoke(app, [str(a) for a in args], input=input)
+
+
+def _invoke(args: list, input: str | bytes | None = None, env: dict[str, str] | None = None):
+    """Run a command in-process; stdout and stderr come back separately."""
+    return CliRunner().invoke(app, [str(a) for a in args], input=input, env=env)
+
+
+def _assert_cli_error(result, *fragments: str) -> str:
+    # An exception escaping the command would show up here instead of SystemExit.
+    assert type(result.exception) is SystemExit, f"unexpected exception {result.exception!r}"
+    return assert_one_line_error(result.exit_code, result.stderr, *fragments, stdout=result.stdout)
+
+
+def _train_tiny(corpus, tokenizer_dir: Path, output: Path, *extra, env: dict[str, str] | None = None):
+    """A two-step training run: enough to write a finished run directory."""
+    return _invoke(
+        [
+            "train", "--train", corpus.train, "--valid", corpus.valid, "--tokenizer", tokenizer_dir, "--output", output,
+            "--embedding-size", 8, "--hidden-size", 8, "--layers", 1, "--batch-tokens", 400,
+            "--max-steps", 2, "--device", "cpu", *extra,
+        ],
+        env=env,
+    )  # fmt: skip
+
+
+def _write_gz(path: Path, lines: list[str] | bytes) -> Path:
+    data = lines if isinstance(lines, bytes) else "".join(line + "\n" for line in lines).encode("utf-8")
+    with gzip.open(path, "wb") as out:
+        out.write(data)
+    return path
+
+
+def _write_pair(prefix: Path, source: list[str] | bytes, target: list[str] | bytes) -> str:
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    _write_gz(Path(f"{prefix}.de.gz"), source)
+    _write_gz(Path(f"{prefix}.en.gz"), target)
+    return str(prefix)
+
+
+def _text(lines: list[str]) -> str:
+    return "".join(line + "\n" for line in lines)
+
+
+def _write_lines(path: Path, lines: list[str]) -> Path:
+    with gzip.open(path, "wt", encoding="utf-8") if path.suffix == ".gz" else open(path, "w") as out:
+        out.write(_text(lines))
+    return path
+
+
+# A model small enough to train in a test: the Trainer's and the Translator's tests.
+TINY_MODEL = dict(embedding_size=16, hidden_size=24, num_layers=1, dropout=0.2)

@@ -14,7 +14,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from mt.train import bf16_supported, compiler_found
+from mt.runtime import bf16_supported, compiler_found
+
+pytestmark = pytest.mark.slow  # runs the benchmarks, some phases in processes of their own
 
 BENCHMARK = Path(__file__).resolve().parent.parent / "bench" / "benchmark.py"
 

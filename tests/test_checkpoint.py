@@ -1,5 +1,5 @@
 """Checkpoints: round trips, fp16 storage, refusing broken or hostile files,
-averaging; and the BLEU wrapper."""
+averaging (also through `mt average`); and the BLEU wrapper."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import pickle
 
 import pytest
 import torch
+from helpers import _invoke
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from mt import files as files_module
 from mt.checkpoint import FILENAME, average_checkpoints, load_checkpoint, save_checkpoint
 from mt.config import DecodeConfig, ModelConfig, MTError
 from mt.evaluate import score
@@ -154,6 +156,23 @@ def test_saving_replaces_an_existing_checkpoint_and_leaves_no_temporary_files(tm
     assert [p.name for p in tmp_path.iterdir()] == [FILENAME]
 
 
+def test_a_crash_while_writing_leaves_the_previous_checkpoint_intact(tokenizers, make_model, tmp_path, monkeypatch):
+    model = make_model(src_vocab_size=tokenizers.source.vocab_size, tgt_vocab_size=tokenizers.target.vocab_size)
+    path = tmp_path / "model.safetensors"
+    save_checkpoint(path, model, tokenizers, {"version": "old"})
+    before = path.read_bytes()
+
+    def crash(*args):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(files_module.os, "replace", crash)
+    with pytest.raises(OSError):
+        save_checkpoint(path, model, tokenizers, {"version": "new"})
+    assert path.read_bytes() == before
+    assert load_checkpoint(path).info == {"version": "old"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]  # no temporary left behind
+
+
 # -- refusing what is not a checkpoint --------------------------------------------
 
 
@@ -261,6 +280,14 @@ def test_pickle_disguised_as_checkpoint_is_refused_without_running_it(tmp_path, 
     assert not marker.exists()
 
 
+def test_a_checkpoint_whose_tokenizer_does_not_match_the_model_is_rejected(tokenizers, make_model, tmp_path):
+    model = make_model(src_vocab_size=tokenizers.source.vocab_size + 5, tgt_vocab_size=tokenizers.target.vocab_size)
+    path = tmp_path / "model.safetensors"
+    save_checkpoint(path, model, tokenizers, {})
+    with pytest.raises(MTError, match="tokenizers do not match"):
+        load_checkpoint(path)
+
+
 # -- averaging -------------------------------------------------------------------
 
 
@@ -291,6 +318,18 @@ def test_checkpoints_of_different_models_cannot_be_averaged(tmp_path, tokenizers
     save_checkpoint(paths[1], tiny_model(vocab, cell="gru"), tokenizers, INFO)
     with pytest.raises(MTError, match="another model config"):
         average_checkpoints(paths)
+
+
+@pytest.mark.slow
+def test_average_of_best_and_last_is_a_usable_checkpoint(cli_run, cli_model, tmp_path):
+    output = tmp_path / "averaged"
+    result = _invoke(["average", cli_run.best, cli_run.last, "--output", output, "--fp16"])
+    assert result.exit_code == 0, result.output
+    target = output / "model.safetensors"
+    assert str(target) in result.stderr
+    translated = _invoke(["translate", "--model", target, "--device", "cpu", "Ein Hund läuft."])
+    assert translated.exit_code == 0, translated.output
+    assert len(translated.stdout.splitlines()) == 1
 
 
 # -- translating and scoring -----------------------------------------------------------------------

@@ -28,6 +28,8 @@ from mt.data import TokenizedCorpus
 from mt.tokenizer import Tokenizer, TokenizerPair
 from mt.train import Trainer
 
+pytestmark = pytest.mark.slow  # starts worker processes (torch.multiprocessing, torchrun)
+
 MODEL = dict(embedding_size=16, hidden_size=24, num_layers=1, dropout=0.0, attention="luong")
 TRAINING = dict(batch_tokens=120, validate_every=3, seed=5, patience=0, label_smoothing=0.1)
 STEPS = 6

@@ -1,5 +1,5 @@
 """The training loss: the chunked output layer + label-smoothed cross-entropy of
-`mt.train.output_loss` is the textbook loss (full logits, F.cross_entropy), in
+`mt.loss.output_loss` is the textbook loss (full logits, F.cross_entropy), in
 value and in every parameter's gradient."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mt import train
-from mt.train import label_smoothed_loss, output_loss
+import mt.loss
+from mt.loss import label_smoothed_loss, output_loss
 
 
 def _loss_and_gradients(model, batch, loss_of):
@@ -23,7 +23,7 @@ def _loss_and_gradients(model, batch, loss_of):
 def test_chunked_output_loss_equals_the_textbook_loss_and_gradients(
     make_model, make_sources, monkeypatch, smoothing, options
 ):
-    monkeypatch.setattr(train, "LOSS_CHUNK_ROWS", 4)  # many chunks, the last one partial
+    monkeypatch.setattr(mt.loss, "LOSS_CHUNK_ROWS", 4)  # many chunks, the last one partial
     model = make_model(**options).train()
     torch.manual_seed(1)
     source, lengths = make_sources([6, 4, 5], 17)
@@ -59,7 +59,7 @@ def test_under_bf16_autocast_the_chunked_loss_stays_within_bf16_precision_of_the
     """Only the output layer and the loss run under autocast here (the recurrent
     layers would need bf16 LSTM kernels): the chunked loss rounds the softmax to
     bf16 for its products, the textbook one rounds the logits' gradient."""
-    monkeypatch.setattr(train, "LOSS_CHUNK_ROWS", 4)
+    monkeypatch.setattr(mt.loss, "LOSS_CHUNK_ROWS", 4)
     model = make_model(**options).train()
     torch.manual_seed(1)
     source, lengths = make_sources([6, 4, 5], 17)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from mt.config import ModelConfig, MTError
+from mt.loss import label_smoothed_loss
 from mt.model import reverse_padded
-from mt.train import label_smoothed_loss
 
 SRC_V, TGT_V, E, H = 17, 23, 8, 12
 

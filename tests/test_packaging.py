@@ -8,6 +8,10 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # builds a wheel and installs it in a new environment
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -53,7 +57,7 @@ def test_a_wheel_installed_in_a_fresh_environment_translates_with_the_shipped_mo
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     where = subprocess.run(
-        [environment / "bin" / "python", "-c", "import mt.checkpoint as c; print(c.__file__); print(c.DEFAULT_MODEL)"],
+        [environment / "bin" / "python", "-c", "import mt.files as c; print(c.__file__); print(c.DEFAULT_MODEL)"],
         cwd=tmp_path, env=env, check=True, capture_output=True, text=True,
     ).stdout.split()  # fmt: skip
     assert str(environment) in where[0] and str(environment) in where[1]  # the installed copy, not the source tree

@@ -9,9 +9,9 @@ from helpers import scramble
 
 from mt.config import DecodeConfig, ModelConfig
 from mt.data import collate, source_tensors
+from mt.loss import label_smoothed_loss
 from mt.model import Seq2Seq
 from mt.search import beam_search, greedy_search, length_penalty, max_output_lengths, search
-from mt.train import label_smoothed_loss
 
 SRC_V = 17
 SOURCE_LENGTHS = [3, 7, 5, 2, 9]  # several sentences of different lengths, in one batch

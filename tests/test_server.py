@@ -435,6 +435,7 @@ def _start_server_process(checkpoints, **options) -> tuple[subprocess.Popen, str
     return process, url, lines
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_the_request_in_flight_then_exits_cleanly(checkpoints, reference, corpus_pairs):
     process, url, lines = _start_server_process(
         checkpoints, batch_wait_ms=1500
@@ -522,6 +523,7 @@ def browser(tmp_path, monkeypatch):
         driver.quit()
 
 
+@pytest.mark.slow
 def test_the_page_translates_as_you_type_and_shows_the_attention_heatmap(browser, server, reference, corpus_pairs):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys

@@ -39,6 +39,44 @@ def translator(tiny_model, tokenizers) -> Translator:
             ["Mr. Smith arrived at 5 p.m. yesterday. ", "He was tired."],
         ),
         ("I like fruit, e.g. apples. And you?", "en", ["I like fruit, e.g. apples. ", "And you?"]),
+        # news text: titles, parties, quotes, dates, amounts and company names
+        (
+            "Bundeskanzler Olaf Scholz (SPD) sagte: „Wir handeln jetzt.“ Die Opposition kritisierte den Plan.",
+            "de",
+            ["Bundeskanzler Olaf Scholz (SPD) sagte: „Wir handeln jetzt.“ ", "Die Opposition kritisierte den Plan."],
+        ),
+        (
+            "Prof. Dr. Karl Lauterbach u. a. warnten vor einer Welle. Das RKI meldete am 12. März 12.345 Fälle.",
+            "de",
+            ["Prof. Dr. Karl Lauterbach u. a. warnten vor einer Welle. ", "Das RKI meldete am 12. März 12.345 Fälle."],
+        ),
+        (
+            "Die Müller GmbH & Co. KG meldete Insolvenz an. Die Preise stiegen um ca. 5 % bzw. 10 Mrd. Euro.",
+            "de",
+            [
+                "Die Müller GmbH & Co. KG meldete Insolvenz an. ",
+                "Die Preise stiegen um ca. 5 % bzw. 10 Mrd. Euro.",
+            ],
+        ),
+        (
+            "„Wir werden das schaffen“, sagte Merkel. „Das ist klar.“ Danach reiste sie ab.",
+            "de",
+            ["„Wir werden das schaffen“, sagte Merkel. ", "„Das ist klar.“ ", "Danach reiste sie ab."],
+        ),
+        (
+            'The U.S. Federal Reserve raised rates by 0.25 points. "We are committed," said Jerome Powell. Markets fell.',
+            "en",
+            [
+                "The U.S. Federal Reserve raised rates by 0.25 points. ",
+                '"We are committed," said Jerome Powell. ',
+                "Markets fell.",
+            ],
+        ),
+        (
+            "Dr. Jones, Ph.D., works at Acme Inc. in the U.K. She joined in Jan. 2020 from St. Louis.",
+            "en",
+            ["Dr. Jones, Ph.D., works at Acme Inc. in the U.K. ", "She joined in Jan. 2020 from St. Louis."],
+        ),
     ],
 )
 def test_sentence_splitter_handles_abbreviations_numbers_quotes_and_ellipses(text, language, sentences):
@@ -119,3 +157,26 @@ def test_an_ensemble_of_checkpoints_with_different_tokenizers_is_refused(tmp_pat
     alone = Translator.from_checkpoint(paths[0])
     lines = [pair[0] for pair in corpus_pairs[:4]]
     assert ensemble.translate(lines, DECODE) == alone.translate(lines, DECODE)
+
+
+NEWS_PARAGRAPH = (
+    "Die Bundesregierung hat am Mittwoch neue Maßnahmen zur Bekämpfung der Inflation beschlossen. "
+    "Bundeskanzler Olaf Scholz (SPD) sagte: „Wir handeln jetzt.“ "
+    "Laut dem Statistischen Bundesamt stiegen die Preise im Okt. um 3,8 Prozent. "
+    "Die Opposition kritisierte den Plan als zu spät. "
+    "Ökonomen rechnen für das nächste Jahr mit einem Rückgang. "
+    "Die Maßnahmen sollen ab dem 1. Januar gelten."
+)
+
+
+def test_a_news_paragraph_comes_back_complete_in_order_one_translation_per_sentence():
+    """The shipped de-en model on a paragraph of six news sentences: each sentence is
+    translated (none empty, none dropped or merged) and the translations follow in order."""
+    from mt.files import DEFAULT_MODEL
+
+    translator = Translator.from_checkpoint(DEFAULT_MODEL)
+    sentences = split_sentences(NEWS_PARAGRAPH, "de")
+    assert len(sentences) == 6 and "".join(sentences) == NEWS_PARAGRAPH
+    alone = translator.translate([s.strip() for s in sentences], DecodeConfig(beam_size=2))
+    (paragraph,) = translator.translate([NEWS_PARAGRAPH], DecodeConfig(beam_size=2), split=True)
+    assert all(alone) and paragraph == " ".join(alone)
