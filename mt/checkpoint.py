@@ -14,6 +14,7 @@ Writes are atomic: a temporary file in the same directory, fsync, rename.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -78,7 +79,7 @@ def save_checkpoint(
     extra: dict[str, torch.Tensor] | None = None,
     dtype: torch.dtype | None = None,
 ) -> None:
-    """Write a checkpoint file; `dtype` (e.g. torch.float16) shrinks the stored weights."""
+    """Write a checkpoint file (and its directory); `dtype` (e.g. torch.float16) shrinks the stored weights."""
     tensors = {
         name: (t.to(dtype) if dtype is not None and t.is_floating_point() else t).detach().cpu().contiguous()
         for name, t in unique_weights(model).items()
@@ -97,6 +98,7 @@ def save_checkpoint(
         "model_config": json.dumps(model.config.to_dict()),
         "info": json.dumps(info),
     }
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     write_atomic(Path(path), save(tensors, metadata=metadata))
 
 
@@ -129,7 +131,24 @@ def _header(path: Path, metadata: dict[str, str]) -> tuple[ModelConfig, dict[str
         raise MTError(f"{path}: {error}") from None
     if not isinstance(info, dict):
         raise MTError(f"{path}: its info record is not a JSON object")
+    _check_info(path, info)
     return config, info
+
+
+def _check_info(path: Path, info: dict[str, Any]) -> None:
+    """The fields of the info record that loading and translating read: the languages
+    (the sentence splitter's, the server's directions) and the length limit of the pieces
+    a long sentence is cut into (`train_config.max_length`)."""
+    for key in ("source_language", "target_language"):
+        value = info.get(key)
+        if value is not None and not (isinstance(value, str) and 0 < len(value) <= 32):
+            raise MTError(f"{path}: its {key} must be a language code, got {value!r}")
+    train_config = info.get("train_config", {})
+    if not isinstance(train_config, dict):
+        raise MTError(f"{path}: its train_config is not a JSON object")
+    max_length = train_config.get("max_length", 1)
+    if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1:
+        raise MTError(f"{path}: its train_config.max_length must be a whole number >= 1, got {max_length!r}")
 
 
 def read_info(path: Path) -> dict[str, Any]:
@@ -212,8 +231,27 @@ def average_checkpoints(paths: list[Path]) -> Checkpoint:
 def save_average(paths: list[Path], output: Path, fp16: bool) -> Path:
     """`mt average`: write the average of the checkpoints at `paths` (a model, without
     any trainer state) to `output`, a file or a directory; returns the file written."""
+    target = output / FILENAME if output.is_dir() or not output.suffix else output
+    for path in paths:
+        if target.exists() and os.path.samefile(target, resolve(path)):
+            raise MTError(f"--output {output} is the checkpoint {path}; writing it would destroy an input")
     averaged = average_checkpoints(paths)
     info = {key: value for key, value in averaged.info.items() if key not in ("trainer_state", "optimizer_groups")}
-    target = output / FILENAME if output.is_dir() or not output.suffix else output
     save_checkpoint(target, averaged.model, averaged.tokenizers, info, dtype=torch.float16 if fp16 else None)
     return target
+
+
+def check_directions(paths: list[Path], source_language: str | None, target_language: str | None) -> None:
+    """Before any translating: every checkpoint at `paths` exists and translates from
+    `source_language` into `target_language` where both it and the caller know them."""
+    for path in paths:
+        info = read_info(path)
+        for side, theirs, mine in (
+            ("from", info.get("source_language"), source_language),
+            ("into", info.get("target_language"), target_language),
+        ):
+            if theirs and mine and theirs != mine:
+                raise MTError(
+                    f"{path} translates {side} {theirs!r}, but the files are in {mine!r} (by their names); "
+                    "give the model of that direction"
+                )

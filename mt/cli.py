@@ -31,7 +31,7 @@ from mt.config import (
     TrainConfig,
 )
 from mt.console import print_compare_table, print_scores, stderr_console
-from mt.files import DEFAULT_MODEL, check_input_file, output_path, read_lines, translation_files, write_atomic
+from mt.files import DEFAULT_MODEL, language_of, test_set_files, translation_files, write_atomic
 
 app = typer.Typer(
     name="mt",
@@ -165,12 +165,6 @@ def train_tokenizer_cli(
     typer.echo(f"wrote {kind} {model_type.value} tokenizers ({sizes} pieces) to {output}", err=True)
 
 
-def _given(ctx: typer.Context, parameter: str) -> bool:
-    """Whether the user gave this option (rather than leaving its default)."""
-    source = ctx.get_parameter_source(parameter)  # compared by name: typer may bring its own click
-    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT", "PROMPT")
-
-
 @app.command("train")
 @user_errors
 def train_cli(
@@ -267,7 +261,8 @@ def train_cli(
     from mt.train import train as train_model
 
     err = stderr_console()
-    chosen = [name for name in model if _given(ctx, name)]
+    # The architecture options the user gave (not left at their defaults): --init-from checks them.
+    chosen = [name for name in model if ctx.get_parameter_source(name).name in ("COMMANDLINE", "ENVIRONMENT")]
     try:
         with TrainingProgress(err) as reporter:
             train_model(run, model, chosen, config, resolve_device(device), err.print, reporter)
@@ -317,20 +312,15 @@ def evaluate_cli(
       mt evaluate -m a.safetensors -m b.safetensors --ensemble --src test.de --ref test.en --confidence
     """
     decode = DecodeConfig(beam_size=beam, length_penalty=length_penalty)
-    check_input_file("--src", src)
-    check_input_file("--ref", ref)
-    output = output_path(output, {"--src": src, "--ref": ref})
     models = model or [DEFAULT_MODEL]
     systems = [models] if ensemble or len(models) == 1 else [[path] for path in models]
     if output is not None and len(systems) > 1:
         raise MTError("--output holds the translations of one model; give one --model (or --ensemble)")
-    sources, references = read_lines(src), read_lines(ref)
-    if len(sources) != len(references):
-        raise MTError(f"{src} has {len(sources)} lines but {ref} has {len(references)}")
-    if not sources:
-        raise MTError(f"{src} is empty")
-    from mt.evaluate import json_report, report  # torch (seconds): after the checks above
+    sources, references, output = test_set_files(src, ref, output)
+    from mt.checkpoint import check_directions  # torch (seconds): after the checks above
+    from mt.evaluate import json_report, report
 
+    check_directions(models, language_of(src), language_of(ref))
     hypotheses = []
     for paths in systems:  # one model in memory at a time
         translator = _load_translator(paths, device, quantize)
@@ -383,6 +373,9 @@ def translate_cli(
     seed: Annotated[int, typer.Option(help="Sampling: the same seed and input give the same samples.")] = 1,
     show_attention: Annotated[bool, typer.Option(help="Show the attention (interactive prompt).")] = False,
     split: SplitOption = True,
+    max_line_bytes: Annotated[
+        int, typer.Option(help="Longest input line: a longer one stops with an error.")
+    ] = 1_000_000,
     device: DeviceOption = Device.auto,
     quantize: QuantizeOption = None,
 ):
@@ -409,8 +402,9 @@ def translate_cli(
         top_p=top_p, seed=seed,
     )  # fmt: skip
     decode.check_n_best(n_best)
-    if buffer_size < 1:
-        raise MTError(f"--buffer-size must be >= 1, got {buffer_size}")
+    for option, value in (("--buffer-size", buffer_size), ("--max-line-bytes", max_line_bytes)):
+        if value < 1:
+            raise MTError(f"{option} must be >= 1, got {value}")
     if alignment and output_format != OutputFormat.jsonl:
         raise MTError("--alignment needs --format jsonl (at the interactive prompt: --show-attention)")
     text, input, output = translation_files(text, input, output)
@@ -425,14 +419,16 @@ def translate_cli(
 
         interactive_prompt(translator, decode, n_best, show_attention, split, __version__)
         return
+    from mt.runtime import Terminated, sigterm_as_interrupt
     from mt.streams import Formatter, translate_lines
 
     formatter = Formatter(translator, output_format, n_best, alignment)
     try:
-        translate_lines(translator, text, input, output, decode, formatter, buffer_size, split)
-    except KeyboardInterrupt:  # Ctrl-C: what was written stays whole; an --output file is not written at all
+        with sigterm_as_interrupt():
+            translate_lines(translator, text, input, output, decode, formatter, buffer_size, split, max_line_bytes)
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: what was written stays whole; no --output file at all
         typer.echo(f"interrupted{f': {output} was not written' if output else ''}", err=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(143 if isinstance(stop, Terminated) else 130) from None
 
 
 @app.command("average")

@@ -9,7 +9,10 @@ time runs faster on torch's own LSTM.
 from __future__ import annotations
 
 import ctypes
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -28,6 +31,25 @@ def resolve_device(device: Device) -> torch.device:
 def for_inference() -> None:
     """Translation: torch's own LSTM, the faster one step at a time."""
     torch.backends.mkldnn.enabled = False
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt (`sigterm_as_interrupt`)."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block (on the main thread), SIGTERM stops the work as Ctrl-C does: what
+    is half written is cleaned up on the way out, and `Terminated` says which signal it was."""
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def for_training(device: torch.device, *, bf16: bool, compile: bool) -> None:

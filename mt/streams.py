@@ -26,7 +26,7 @@ from pathlib import Path
 
 from mt.config import DecodeConfig, OutputFormat
 from mt.console import one_line, translation_progress
-from mt.files import atomic_file, count_lines, decode_lines, iter_lines
+from mt.files import MAX_LINE_BYTES, atomic_file, count_lines, decode_lines, iter_lines
 from mt.translator import Candidate, Translator
 
 # A live stream that is silent this long has paused: translate what has come.
@@ -79,6 +79,11 @@ def chunks(lines: Iterable[str], size: int, pause: float | None = PAUSE_SECONDS)
             chunk = []
 
 
+# Characters that str.splitlines() (and so many JSON-lines readers) takes for line ends and
+# that json.dumps(ensure_ascii=False) leaves as they are: escaped, one record stays one line.
+LINE_ENDS = {ord(c): f"\\u{ord(c):04x}" for c in "\x85\u2028\u2029"}
+
+
 @dataclass(frozen=True)
 class Formatter:
     """The output for one input line: `format`, `n_best` candidates, and with
@@ -102,7 +107,7 @@ class Formatter:
         if self.alignment:
             found = self.translator.alignment(source, best.text) if best.text else None
             record["alignment"] = found.to_dict() if found is not None else None
-        return json.dumps(record, ensure_ascii=False) + "\n"
+        return json.dumps(record, ensure_ascii=False).translate(LINE_ENDS) + "\n"
 
 
 def translate_stream(
@@ -137,6 +142,7 @@ def translate_lines(
     formatter: Formatter,
     buffer_size: int,
     split: bool = True,
+    max_line_bytes: int = MAX_LINE_BYTES,
 ) -> int:
     """`mt translate` of arguments (`text`), a file (`input`, with progress on stderr) or
     standard input (translated as it arrives), to standard output or into `output`,
@@ -144,9 +150,10 @@ def translate_lines(
     if text:
         lines, pause, total = text, None, None
     elif input is not None:
-        lines, pause, total = iter_lines(input), None, count_lines(input)
+        lines, pause, total = iter_lines(input, max_line_bytes), None, count_lines(input)
     else:
-        lines, pause, total = decode_lines(sys.stdin.buffer, "standard input"), PAUSE_SECONDS, None
+        lines, pause = decode_lines(sys.stdin.buffer, "standard input", max_line_bytes), PAUSE_SECONDS
+        total = None
     with _destination(output) as write, translation_progress(total) as progress:
         return translate_stream(translator, lines, decode, formatter, write, buffer_size, split, pause, progress)
 

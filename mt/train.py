@@ -567,6 +567,7 @@ def train(
     model_config = model_to_train(model, chosen, tokenizers, parent)
     if config.compile:
         check_compilable(model_config)
+    runtime.for_training(device, bf16=config.bf16, compile=config.compile)  # refuses them here, before any work
     directory = RunDirectory(run.run_dir)
     resume = directory.check(run.overwrite)
     device = distributed.start(device)

@@ -87,6 +87,19 @@ def _cut_after(text: str, boundary: re.Pattern) -> list[str]:
     return [text[start:end] for start, end in zip([0, *ends], [*ends, len(text)])]
 
 
+def _direction(info: dict) -> str:
+    """A checkpoint's direction, "de->en" ("?" for a language its record does not give)."""
+    return f"{info.get('source_language') or '?'}->{info.get('target_language') or '?'}"
+
+
+def _distinct(candidates: list[Candidate]) -> list[Candidate]:
+    """The candidates with each text once, at its best (first) place."""
+    first: dict[str, Candidate] = {}
+    for candidate in candidates:
+        first.setdefault(candidate.text, candidate)
+    return list(first.values())
+
+
 class Translator:
     """A model and its tokenizers on one device.
 
@@ -142,6 +155,11 @@ class Translator:
             ):
                 raise MTError(
                     f"{path} has another tokenizer than {paths[0]}; the models of an ensemble must share one vocabulary"
+                )
+            if _direction(checkpoint.info) != _direction(first.info):
+                raise MTError(
+                    f"{path} translates {_direction(checkpoint.info)} but {paths[0]} translates "
+                    f"{_direction(first.info)}; the models of an ensemble must translate one direction"
                 )
         models = [quantize_int8(c.model) if quantize else c.model for c in checkpoints]
         info = first.info
@@ -201,13 +219,16 @@ class Translator:
         was_training = self.model.training
         self.model.eval()
         rows_per_sentence = n_best if decode.sampling else decode.beam_size
+        # A beam search keeps its K best; subword paths that decode alike count once.
+        wanted = n_best if decode.sampling else max(n_best, decode.beam_size)
         for batch in make_batches(lengths, max(1, self.batch_tokens // rows_per_sentence)):
             indices = [nonempty[j] for j in batch.tolist()]
             source, source_lengths = source_tensors([encoded[i] for i in indices], pad_id, eos_id)
-            hypotheses = search(self.model, source.to(self.device), source_lengths.to(self.device), decode, n_best)
+            hypotheses = search(self.model, source.to(self.device), source_lengths.to(self.device), decode, wanted)
             for index, hyps in zip(indices, hypotheses):
                 texts = self.tokenizers.target.decode([h.tokens for h in hyps])
-                results[index] = [Candidate(text, h.score) for text, h in zip(texts, hyps)]
+                found = [Candidate(text, h.score) for text, h in zip(texts, hyps)]
+                results[index] = found if decode.sampling else _distinct(found)[:n_best]
         self.model.train(was_training)
         return results
 
@@ -229,7 +250,7 @@ class Translator:
                 chosen = [options[min(rank, len(options) - 1)] for options in found]
                 text = "".join(s.before + c.text + s.after for s, c in zip(segments, chosen))
                 candidates.append(Candidate(text.strip() if len(segments) == 1 else text, sum(c.score for c in chosen)))
-            results.append(candidates)
+            results.append(candidates if decode.sampling else _distinct(candidates))
         return results
 
     def translate(self, texts: Sequence[str], decode: DecodeConfig, split: bool = False) -> list[str]:

@@ -110,6 +110,7 @@ def test_evaluate_and_translate_quantized_give_one_line_each_and_no_warnings(cli
 
 def test_evaluate_output_writes_one_translation_per_source_line(cli_corpus, cli_model, tmp_path):
     output = tmp_path / "out" / "hyp.en"
+    output.parent.mkdir()  # an output's directory must exist (test_mistakes.py)
     result = _invoke(
         [
             "evaluate",

@@ -624,3 +624,107 @@ def test_compile_where_it_cannot_work_is_a_one_line_error(
     assert result.exit_code != 0 and "Traceback" not in result.stderr
     assert last.startswith("error: --compile") and message in last, last
     assert not (tmp_path / "run" / "last.safetensors").exists()
+
+
+# -- what the third adversarial probe found: files, models and streams ---------------------
+
+
+@pytest.mark.parametrize("alias", ["same", "symlink", "hardlink"])
+def test_average_refuses_an_output_that_is_one_of_its_inputs(model, tmp_path, alias):
+    first = tmp_path / "a.safetensors"
+    first.write_bytes(model.read_bytes())
+    output = {"same": first, "symlink": tmp_path / "link.safetensors", "hardlink": tmp_path / "hard.safetensors"}[alias]
+    if alias == "symlink":
+        output.symlink_to(first)
+    elif alias == "hardlink":
+        os.link(first, output)
+    before = first.read_bytes()
+    result = invoke("average", model, first, "--output", output, "--fp16")
+    assert_one_line_error(result.exit_code, result.stderr, "would destroy an input")
+    assert first.read_bytes() == before
+
+
+def test_an_ensemble_of_two_directions_is_refused(tmp_path, tiny_checkpoint):
+    de_en = tiny_checkpoint(tmp_path / "de-en.safetensors", source="de", target="en")
+    en_de = tiny_checkpoint(tmp_path / "en-de.safetensors", source="en", target="de", seed=1)
+    result = invoke("translate", "-m", de_en, "-m", en_de, "--device", "cpu", "Ein Hund.")
+    assert_one_line_error(result.exit_code, result.stderr, "en->de", "de->en", "one direction", stdout=result.stdout)
+
+
+def test_evaluate_refuses_a_model_whose_direction_is_not_the_files(tmp_path, tiny_checkpoint, corpus_pairs):
+    en_de = tiny_checkpoint(tmp_path / "en-de.safetensors", source="en", target="de")
+    src = _write_lines(tmp_path / "test.de", [de for de, _ in corpus_pairs[:3]])
+    ref = _write_lines(tmp_path / "test.en", [en for _, en in corpus_pairs[:3]])
+    result = invoke("evaluate", "-m", en_de, "--src", src, "--ref", ref, "--device", "cpu")
+    assert_one_line_error(result.exit_code, result.stderr, "translates from 'en'", "'de'", stdout=result.stdout)
+
+
+def test_evaluate_checks_every_model_before_translating(model, texts, tmp_path, monkeypatch):
+    from mt.translator import Translator
+
+    translated = []
+    monkeypatch.setattr(Translator, "translate", lambda self, *args, **kwargs: translated.append(1) or [])
+    src, ref = texts
+    missing = tmp_path / "missing.safetensors"
+    result = invoke("evaluate", "-m", model, "-m", missing, "--src", src, "--ref", ref, "--device", "cpu")
+    assert_one_line_error(result.exit_code, result.stderr, "checkpoint not found", str(missing), stdout=result.stdout)
+    assert not translated
+
+
+def test_an_undecodable_argument_is_a_one_line_error(model):
+    process = subprocess.run(
+        [*MT, "translate", "-m", str(model), "--device", "cpu", b"Hallo \xff Welt."],
+        capture_output=True, env=ENV, timeout=120,
+    )  # fmt: skip
+    _assert_process_error(process, "argument 1 is not valid UTF-8")
+
+
+def test_a_line_longer_than_the_limit_stops_with_an_error_naming_it(model):
+    stdin = "Der Hund ist rot .\n" + "x" * 5000  # a last line without a line end, as from a stuck producer
+    process = run_mt("translate", "-m", model, "--device", "cpu", "--max-line-bytes", "1000", stdin=stdin)
+    assert process.returncode == 1 and "Traceback" not in process.stderr
+    assert process.stderr.strip().splitlines()[-1] == (
+        "error: standard input: line 2 is longer than 1,000 bytes (a stream without line ends?)"
+    )
+    assert len(process.stdout.splitlines()) == 1  # the line before it was translated
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "fragment"),
+    [
+        ("train_config", {"max_length": "abc"}, "max_length must be a whole number"),
+        ("train_config", {"max_length": -5}, "max_length must be a whole number"),
+        ("train_config", [1, 2], "train_config is not a JSON object"),
+        ("source_language", 5, "source_language must be a language code"),
+        ("target_language", "", "target_language must be a language code"),
+    ],
+)
+def test_tampered_metadata_that_loading_reads_is_a_one_line_error(
+    tmp_path, tiny_model, tokenizers, field, value, fragment
+):
+    from mt.checkpoint import save_checkpoint
+
+    path = tmp_path / "tampered.safetensors"
+    save_checkpoint(path, tiny_model(), tokenizers, {"source_language": "de", "target_language": "en", field: value})
+    result = invoke("translate", "-m", path, "--device", "cpu", "Ein Hund.")
+    assert_one_line_error(result.exit_code, result.stderr, str(path), fragment, stdout=result.stdout)
+
+
+@pytest.mark.parametrize("where", ["missing directory", "under a file"])
+def test_an_output_whose_directory_is_missing_or_a_file_is_refused(model, tmp_path, where):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory\n")
+    output = tmp_path / "nowhere" / "out.txt" if where == "missing directory" else blocker / "out.txt"
+    result = invoke("translate", "-m", model, "--device", "cpu", "-o", output, "Ein Hund.")
+    fragment = "does not exist" if where == "missing directory" else "is not a directory"
+    assert_one_line_error(result.exit_code, result.stderr, fragment, stdout=result.stdout)
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_compile_of_a_parent_without_attention_is_refused_before_reading_the_corpus(plain_model, tmp_path):
+    missing = tmp_path / "nowhere" / "train"  # read only after every option was checked
+    result = invoke(
+        "train", "--init-from", plain_model, "--compile", "--train", missing, "--valid", missing,
+        "--output", tmp_path / "run", "--device", "cpu",
+    )  # fmt: skip
+    assert_one_line_error(result.exit_code, result.stderr, "--compile", "no attention")

@@ -349,6 +349,7 @@ def test_the_prompt_goes_to_stderr_and_ctrl_c_exits_130(model):
 def test_input_and_output_files_translate_line_by_line_and_report_progress(model, corpus_pairs, tmp_path):
     source = _write_lines(tmp_path / "in.de.gz", _sentences(corpus_pairs, 2500))
     target = tmp_path / "out" / "in.en"
+    target.parent.mkdir()  # an output's directory must exist (test_mistakes.py)
     common = ("translate", "-m", model, "--beam", "1", "--buffer-size", "500", "-i", source)
     written = run_mt(*common, "-o", target)
     assert written.returncode == 0, written.stderr
@@ -381,6 +382,23 @@ def test_ctrl_c_leaves_no_output_file_and_an_old_one_untouched(model, corpus_pai
     assert "Traceback" not in rest and f"{target} was not written" in rest
     assert target.read_text() == "the previous translation\n"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["in.de", "out.en"]
+
+
+@pytest.mark.slow
+def test_sigterm_while_writing_an_output_file_leaves_no_temporary_file(model, corpus_pairs, tmp_path):
+    source = _write_lines(tmp_path / "in.de", _sentences(corpus_pairs, 200_000))
+    target = tmp_path / "out.en"
+    process = start_mt("translate", "-m", model, "--beam", "1", "--buffer-size", "100", "-i", source, "-o", target)
+    try:
+        first = process.stderr.readline().decode()  # the first progress line: the output is being written
+        assert first.startswith("translated 1,000/200,000"), first
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=STARTUP_SECONDS) == 143
+    finally:
+        process.kill()
+        process.wait()
+    assert "Traceback" not in process.stderr.read().decode()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["in.de"]
 
 
 # -- machine-readable output ---------------------------------------------------------------
@@ -438,3 +456,28 @@ def test_translate_accepts_the_run_directory_holding_model_safetensors(cli_model
     result = _invoke(["translate", "--model", tmp_path, "--device", "cpu", "Ein Hund läuft."])
     assert result.exit_code == 0, result.output
     assert len(result.stdout.splitlines()) == 1
+
+
+def test_jsonl_escapes_every_character_a_reader_takes_for_a_line_end():
+    from mt.config import OutputFormat
+    from mt.streams import Formatter
+    from mt.translator import Candidate
+
+    source = "a\u2028b\u2029c\x85d\x1ce\x0bf\x0cg\rh"  # each ends a line for str.splitlines()
+    line = Formatter(None, OutputFormat.jsonl)(0, source, [Candidate("x\u2028y", -1.0)])
+    assert len(line.splitlines()) == 1 and line.endswith("\n")
+    assert json.loads(line) == {"source": source, "translation": "x y", "score": -1.0}
+
+
+def test_n_best_translations_are_distinct_strings_best_first(tiny_translator, tokenizers, monkeypatch):
+    """Two subword paths can decode to one text (here one with a trailing padding piece,
+    which decodes to nothing): the text counts once, at its best place."""
+    from mt import translator as translator_module
+    from mt.search import Hypothesis
+
+    dog, cat = (tokenizers.target.encode([word])[0] for word in ("Hund", "Katze"))
+    pad = tiny_translator.model.config.pad_id
+    found = [Hypothesis(dog, -1.0), Hypothesis([*dog, pad], -2.0), Hypothesis(cat, -3.0), Hypothesis(dog, -4.0)]
+    monkeypatch.setattr(translator_module, "search", lambda model, source, *args: [found] * source.size(0))
+    (candidates,) = tiny_translator.translate_n_best(["Ein Hund."], DecodeConfig(beam_size=4), n_best=3)
+    assert [(c.text, c.score) for c in candidates] == [("Hund", -1.0), ("Katze", -3.0)]
