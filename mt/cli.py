@@ -532,7 +532,12 @@ def serve_cli(
     ] = None,
     host: Annotated[str, typer.Option(help="Address; a non-loopback one opens the server to others.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on; 0 picks a free one.")] = 5000,
-    max_chars: Annotated[int, typer.Option(help="Most characters of text in one request.")] = 5000,
+    max_chars: Annotated[
+        int,
+        typer.Option(
+            help="Most characters of text in one request; its subword pieces times its beam may be at most 6 times this."
+        ),
+    ] = 5000,
     max_items: Annotated[int, typer.Option(help="Most texts in one request's q list.")] = 100,
     api_key: Annotated[
         str | None,
@@ -541,10 +546,19 @@ def serve_cli(
             help="Require this key on every call but the page: api_key in the body or Authorization: Bearer KEY.",
         ),
     ] = None,
-    batch_wait_ms: Annotated[float, typer.Option(help="How long a batch waits for more requests.")] = 5.0,
+    batch_wait_ms: Annotated[
+        float, typer.Option(help="How long a batch waits for more requests (0 to 10000 ms).")
+    ] = 5.0,
     batching: Annotated[
         bool, typer.Option("--batching/--no-batching", help="Batch requests arriving together.")
     ] = True,
+    max_queue: Annotated[
+        int, typer.Option(help="Most requests waiting for one model; more are refused with 503 and Retry-After.")
+    ] = 64,
+    request_timeout: Annotated[
+        float,
+        typer.Option(help="Seconds a client has to send a whole request (headers and body); slower ones get 408."),
+    ] = 10.0,
     device: DeviceOption = Device.auto,
     quantize: QuantizeOption = None,
 ):
@@ -565,7 +579,20 @@ def serve_cli(
     from mt.server import serve
 
     for_inference()
-    serve(model, host, port, max_chars, max_items, api_key, batch_wait_ms, batching, resolve_device(device), quantize)
+    serve(
+        model,
+        host,
+        port,
+        max_chars,
+        max_items,
+        api_key,
+        batch_wait_ms,
+        batching,
+        resolve_device(device),
+        quantize,
+        max_queue=max_queue,
+        request_timeout=request_timeout,
+    )
 
 
 @app.command("version")

@@ -8,7 +8,15 @@
     GET  /            the page (mt/static/)
 
 Every error is a JSON object {"error": "..."}: 4xx for what a client sent
-wrong, 500 (and a log entry) for the server's own failures.
+wrong, 503 (with Retry-After) when a model's queue is full or its worker has
+stopped, 500 (and a log entry) for the server's own failures.
+
+One client must never break another: each text is checked before it joins a
+batch, a batch whose Translator call fails is retried request by request (so
+only the request that broke it fails), a request's search is bounded (source
+pieces x beam), each model's queue is bounded, a request whose client has gone
+is dropped before it is translated, and a client must send each request whole
+within `request_timeout` seconds (`_RequestDeadline`).
 
 Cross-request batching: each model has one asyncio task that drains its queue.
 It takes every request queued for the model, waiting up to `batch_wait_ms` for
@@ -20,13 +28,14 @@ thread at a time.
 
 The handlers live at module level and read the app's settings from
 `request.app.state` (set by `create_app`): `workers` (by direction),
-`max_chars`, `max_items` and `api_key`.
+`max_chars`, `max_items`, `max_cost`, `max_queue` and `api_key`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import ipaddress
 import json
 import logging
@@ -38,19 +47,30 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from http import HTTPStatus
 from itertools import groupby
 from pathlib import Path
 from typing import Annotated, Any
 
+import h11
 import torch
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+)
 from starlette.datastructures import State
 from starlette.exceptions import HTTPException
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mt.checkpoint import read_info, resolve
 from mt.config import DecodeConfig, MTError
@@ -61,6 +81,15 @@ logger = logging.getLogger("mt.server")
 
 STATIC = Path(__file__).resolve().parent / "static"
 SERVER_MAX_BEAM = 16  # a request's widest beam (the CLI allows mt.config.MAX_BEAM)
+# A request's search is bounded by its source pieces x beam: beam search's work grows with both
+# (not with the number of alternatives, which are the best of the beam). The bound is this much per
+# character of --max-chars: a piece is at least a character long (bar a lone word-start mark, hence
+# 6 rather than the default beam's 5), so the longest text fits at the default beam; a wider beam
+# needs a shorter text. 6 x 5,000 is about 5 s of one busy CPU core for the shipped models.
+COST_PER_CHAR = 6
+MAX_BATCH_WAIT_MS = 10_000  # longer, and a lone request would wait that long for company
+MAX_REQUEST_TIMEOUT = 600  # --request-timeout's ceiling: longer is no timeout
+RETRY_AFTER_SECONDS = 1  # a 503's Retry-After: about how long a model takes over a batch on a CPU
 LANGUAGE_NAMES = {"cs": "Czech", "de": "German", "en": "English", "fr": "French"}
 # The page's only sources are this server: no CDN, no inline script.
 PAGE_POLICY = "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
@@ -74,17 +103,30 @@ def default_models() -> list[Path]:
 # -- request and response models ---------------------------------------------
 
 
+def _unicode_text(text: str) -> str:
+    """`text`, if it can be written as UTF-8: JSON's escapes (\\ud800) can make
+    strings with unpaired surrogates, which no tokenizer or response can hold."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (it holds an unpaired surrogate)") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_unicode_text)]
+
+
 class TranslateRequest(BaseModel):
-    """LibreTranslate's /translate body, plus mt's extras (`beam`, `scores`, `alignment`)."""
+    """LibreTranslate's /translate body, plus mt's extras (`beam`, `scores`, `alignment`).
+    Its `api_key` is read by `require_api_key`, before the body is validated."""
 
     model_config = ConfigDict(extra="ignore")  # LibreTranslate clients may send fields this server does not use
 
     q: str | list[str]
-    source: str
-    target: str
-    format: str = "text"
+    source: Text
+    target: Text
+    format: Text = "text"
     alternatives: int = Field(0, ge=0)
-    api_key: str | None = None
     beam: int = Field(5, ge=1, le=SERVER_MAX_BEAM)
     scores: bool = False
     alignment: bool = False
@@ -92,9 +134,11 @@ class TranslateRequest(BaseModel):
     @field_validator("q", mode="before")
     @classmethod
     def _text_or_texts(cls, value: Any) -> Any:
-        if isinstance(value, str) or (isinstance(value, list) and all(isinstance(item, str) for item in value)):
-            return value
-        raise ValueError("must be a string or a list of strings")
+        if not (isinstance(value, str) or (isinstance(value, list) and all(isinstance(item, str) for item in value))):
+            raise ValueError("must be a string or a list of strings")
+        for text in [value] if isinstance(value, str) else value:
+            _unicode_text(text)
+        return value
 
     @property
     def texts(self) -> list[str]:
@@ -156,6 +200,10 @@ class TranslationFailed(Exception):
         self.error = error
 
 
+class WorkerStopped(Exception):
+    """A model's batching task has ended (it failed, or the server is stopping): its requests answer 503."""
+
+
 class TranslationWorker:
     """One model's Translator and the asyncio task that feeds it batches.
 
@@ -163,6 +211,8 @@ class TranslationWorker:
     otherwise a batch is every request queued within `batch_wait_ms` of the
     first. `batches` and `requests` count the Translator calls and the
     requests they served; `pending`, the requests waiting for their answer.
+    If the task ends, the requests waiting and those that come after it fail
+    with WorkerStopped instead of waiting for ever.
     """
 
     def __init__(self, translator, source: str, target: str, batch_wait_ms: float = 5.0, batching: bool = True):
@@ -172,7 +222,7 @@ class TranslationWorker:
         self.batching = batching
         self.batches = 0
         self.requests = 0
-        self.pending = 0
+        self._waiting: set[asyncio.Future[list[TextResult]]] = set()
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
@@ -180,25 +230,50 @@ class TranslationWorker:
     def attention(self) -> bool:
         return self.translator.has_attention
 
+    @property
+    def pending(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def pieces(self, texts: list[str]) -> int:
+        """How many source subword pieces `texts` make: what the search works through."""
+        return sum(len(ids) for ids in self.translator.tokenizers.source.encode(texts))
+
     def start(self) -> None:
         """Start the task, on the event loop that will serve the requests."""
         self._task = asyncio.create_task(self._run(), name=f"translate-{self.source}-{self.target}")
+        self._task.add_done_callback(self._stopped)
 
     async def stop(self) -> None:
         """Finish the queued requests, then end the task."""
-        if self._task is not None:
+        if self._task is not None and not self._task.done():
             self._queue.put_nowait(None)
             await self._task
 
+    def _stopped(self, task: asyncio.Task[None]) -> None:
+        """The task has ended: fail the requests still waiting, as nothing will answer them now."""
+        if not task.cancelled() and (error := task.exception()) is not None:
+            logger.error("the %s->%s batching task failed", self.source, self.target, exc_info=error)
+        for future in self._waiting:
+            if not future.done():
+                future.set_exception(WorkerStopped(f"the {self.source}->{self.target} model is not running"))
+
     async def translate(self, texts: list[str], beam: int, n_best: int, alignment: bool) -> list[TextResult]:
-        """The n best of each text; raises TranslationFailed if the Translator fails on them."""
+        """The n best of each text; raises TranslationFailed if the Translator fails
+        on them, WorkerStopped if the task has ended. Cancelling the call (its
+        client has gone) takes its texts out of the batch they wait for."""
+        if not self.running:
+            raise WorkerStopped(f"the {self.source}->{self.target} model is not running")
         future = asyncio.get_running_loop().create_future()
-        self.pending += 1
+        self._waiting.add(future)
         try:
             self._queue.put_nowait(_Job(texts, beam, n_best, alignment, future))
             return await future
         finally:
-            self.pending -= 1
+            self._waiting.discard(future)
 
     async def _run(self) -> None:
         while (first := await self._queue.get()) is not None:
@@ -223,20 +298,33 @@ class TranslationWorker:
             return jobs, False
 
     async def _answer(self, jobs: list[_Job]) -> None:
-        """Translate `jobs` (all of one beam) in a thread and settle their futures."""
-        self.batches += 1
+        """Translate `jobs` (all of one beam) and settle their futures; a job whose
+        request was cancelled (client gone, forced shutdown) is not translated."""
+        jobs = [job for job in jobs if not job.future.done()]
         self.requests += len(jobs)
-        try:
-            answers = await asyncio.to_thread(self._translate, jobs)
-        except Exception as error:  # noqa: BLE001  (every request of the batch answers 500)
-            answers = [error] * len(jobs)
+        answers = await self._attempt(jobs) if jobs else []
         for job, answer in zip(jobs, answers):
-            if job.future.done():  # the request was cancelled (client gone, forced shutdown)
+            if job.future.done():
                 continue
             if isinstance(answer, Exception):
                 job.future.set_exception(TranslationFailed(answer))
             else:
                 job.future.set_result(answer)
+
+    async def _attempt(self, jobs: list[_Job]) -> list[list[TextResult] | Exception]:
+        """One Translator call (in a thread) for `jobs`; if it fails, one call per job,
+        so that a request that breaks the shared call fails alone."""
+        self.batches += 1
+        try:
+            return await asyncio.to_thread(self._translate, jobs)
+        except Exception as error:  # noqa: BLE001  (retried below, or this request answers 500)
+            if len(jobs) == 1:
+                return [error]
+            logger.warning("a batch of %d requests failed (%s); translating them one by one", len(jobs), error)
+        answers: list[list[TextResult] | Exception] = []
+        for job in jobs:
+            answers += await self._attempt([job])
+        return answers
 
     def _translate(self, jobs: list[_Job]) -> list[list[TextResult] | Exception]:
         """In a thread: one Translator call for the texts of `jobs` (all of one
@@ -299,8 +387,8 @@ def checkpoint_languages(path: Path) -> tuple[str, str]:
 # -- errors ------------------------------------------------------------------------
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def _validation_message(error: ValidationError | RequestValidationError) -> str:
@@ -314,7 +402,7 @@ def _validation_message(error: ValidationError | RequestValidationError) -> str:
 
 
 async def _http_error(_: Request, error: HTTPException) -> JSONResponse:
-    return _error(error.status_code, str(error.detail))
+    return _error(error.status_code, str(error.detail), error.headers)
 
 
 async def _invalid(_: Request, error: ValidationError | RequestValidationError) -> JSONResponse:
@@ -332,6 +420,11 @@ def _server_error(request: Request, error: Exception, traceback: bool) -> JSONRe
 async def _translation_failed(request: Request, failure: TranslationFailed) -> JSONResponse:
     """The model failed (out of memory, a bug in it): 500 and the traceback in the log; serving goes on."""
     return _server_error(request, failure.error, traceback=True)
+
+
+async def _worker_stopped(_: Request, error: WorkerStopped) -> JSONResponse:
+    """The model's batching task has ended (logged where it ended): 503 at once, never a wait."""
+    return _error(503, str(error))
 
 
 async def _unexpected(request: Request, error: Exception) -> JSONResponse:
@@ -381,45 +474,69 @@ class _BodyLimit:
 # -- the routes --------------------------------------------------------------------
 
 
-async def _request_data(request: Request) -> Any:
-    """The body as JSON, or as a form (one field per name; a repeated `q` is a list)."""
+@dataclass(frozen=True)
+class _Unreadable:
+    """A POST body that is neither JSON nor a form: refused with 400 once the API key is checked."""
+
+    message: str
+
+
+async def request_data(request: Request) -> Any:
+    """Dependency: a POST's body as JSON, or as a form (one field per name; a repeated
+    `q` is a list); _Unreadable if it is neither; None for a GET. FastAPI reads it
+    once per request for both `require_api_key` and `translate_request`."""
+    if request.method != "POST":
+        return None
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        form = await request.form()
+        try:
+            form = await request.form()
+        except HTTPException as error:  # Starlette's 400 for a broken multipart body
+            return _Unreadable(f"malformed form body: {error.detail}")
         data: dict[str, Any] = {key: form.get(key) for key in form}
         if len(texts := form.getlist("q")) > 1:
             data["q"] = texts
         return data
     raw = await request.body()
     if not raw.strip():
-        raise HTTPException(400, "empty body: send a JSON object (or a form) with q, source and target")
+        return _Unreadable("empty body: send a JSON object (or a form) with q, source and target")
     try:
         return json.loads(raw)
+    except RecursionError:  # thousands of nested brackets
+        return _Unreadable("malformed JSON body: nested too deeply")
     except (ValueError, UnicodeDecodeError) as error:
-        raise HTTPException(400, f"malformed JSON body: {error}") from None
+        return _Unreadable(f"malformed JSON body: {error}")
 
 
-async def translate_request(request: Request) -> TranslateRequest | None:
-    """Dependency: a POST's body (JSON or a form) validated; None for a GET.
-    FastAPI reads it once per request for both `require_api_key` and the route."""
-    if request.method != "POST":
-        return None
-    return TranslateRequest.model_validate(await _request_data(request))
+async def translate_request(data: Annotated[Any, Depends(request_data)]) -> TranslateRequest:
+    """Dependency: the POST body, validated."""
+    if isinstance(data, _Unreadable):
+        raise HTTPException(400, data.message)
+    return TranslateRequest.model_validate(data)
 
 
-async def require_api_key(
-    request: Request, body: Annotated[TranslateRequest | None, Depends(translate_request)]
-) -> None:
-    """Dependency of every API route when the server has a key: the key from the
-    body (LibreTranslate), `Authorization: Bearer KEY` or `?api_key=`; else 403."""
+def _given_key(request: Request, data: Any) -> str | None:
+    """The key from the body (LibreTranslate), `Authorization: Bearer KEY` or `?api_key=`."""
+    in_body = data.get("api_key") if isinstance(data, dict) else None
+    if isinstance(in_body, str) and in_body:
+        return in_body
+    bearer = request.headers.get("authorization", "")
+    return bearer[7:].strip() if bearer[:7].lower() == "bearer " else request.query_params.get("api_key")
+
+
+async def require_api_key(request: Request, data: Annotated[Any, Depends(request_data)]) -> None:
+    """Dependency of every API route when the server has a key: without the key, 403,
+    before anything else about the request is checked (a key that is not valid
+    Unicode text: 400)."""
     expected = request.app.state.api_key
     if expected is None:
         return
-    bearer = request.headers.get("authorization", "")
-    given = (body and body.api_key) or (
-        bearer[7:].strip() if bearer[:7].lower() == "bearer " else request.query_params.get("api_key")
-    )
-    if not given or not secrets.compare_digest(given.encode(), expected.encode()):
+    given = _given_key(request, data)
+    try:
+        valid = bool(given) and secrets.compare_digest(given.encode(), expected.encode())
+    except UnicodeEncodeError:
+        raise HTTPException(400, "api_key must be valid Unicode text (it holds an unpaired surrogate)") from None
+    if not valid:
         raise HTTPException(403, "invalid or missing API key")
 
 
@@ -436,6 +553,23 @@ def _worker_for(body: TranslateRequest, state: State) -> TranslationWorker:
         raise HTTPException(
             400, f"no model translates {body.source!r} to {body.target!r}; this server translates {pairs}"
         )
+    if body.alternatives >= body.beam:
+        raise HTTPException(
+            400, f"alternatives ({body.alternatives}) must be fewer than beam ({body.beam}): ask for a larger beam"
+        )
+    worker = state.workers[body.source, body.target]
+    _check_size(body, state, worker)
+    if worker.pending >= state.max_queue:
+        raise HTTPException(
+            503,
+            f"the {body.source}->{body.target} model's queue is full ({worker.pending} waiting); try again shortly",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+    return worker
+
+
+def _check_size(body: TranslateRequest, state: State, worker: TranslationWorker) -> None:
+    """400 unless the request's texts, characters and search (source pieces x beam) are within `state`'s limits."""
     texts = body.texts
     if not texts or (isinstance(body.q, str) and not body.q.strip()):
         raise HTTPException(400, "q is empty: give a text or a list of texts")
@@ -444,11 +578,19 @@ def _worker_for(body: TranslateRequest, state: State) -> TranslationWorker:
     characters = sum(len(text) for text in texts)
     if characters > state.max_chars:
         raise HTTPException(400, f"q has {characters} characters; at most {state.max_chars} per request")
-    if body.alternatives >= body.beam:
+    pieces = worker.pieces(texts)
+    if pieces * body.beam > state.max_cost:
         raise HTTPException(
-            400, f"alternatives ({body.alternatives}) must be fewer than beam ({body.beam}): ask for a larger beam"
+            400,
+            f"q has {pieces} subword pieces; at beam {body.beam} at most {state.max_cost // body.beam} per request "
+            f"(pieces x beam <= {state.max_cost}): send less text or a smaller beam",
         )
-    return state.workers[body.source, body.target]
+
+
+async def _client_gone(request: Request) -> None:
+    """Returns when the client disconnects (its body is read: the next message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _response(body: TranslateRequest, results: list[TextResult]) -> TranslateResponse:
@@ -471,9 +613,18 @@ api = APIRouter(dependencies=[Depends(require_api_key)])
 
 
 @api.post("/translate")
-async def translate(request: Request, body: Annotated[TranslateRequest, Depends(translate_request)]) -> JSONResponse:
+async def translate(request: Request, body: Annotated[TranslateRequest, Depends(translate_request)]) -> Response:
     worker = _worker_for(body, request.app.state)
-    results = await worker.translate(body.texts, body.beam, body.alternatives + 1, body.alignment)
+    work = asyncio.ensure_future(worker.translate(body.texts, body.beam, body.alternatives + 1, body.alignment))
+    gone = asyncio.ensure_future(_client_gone(request))
+    try:
+        await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        work.cancel()  # the client has gone (or this request is cancelled): its texts leave the queue
+    if not work.done():
+        return Response(status_code=499)  # nginx's "client closed request": nobody reads it
+    results = work.result()
     # Written by json.dumps: a response_model would write the floats with pydantic's writer (1e-05 as 0.00001).
     return JSONResponse(_response(body, results).model_dump(exclude_unset=True))
 
@@ -488,15 +639,20 @@ async def languages(request: Request) -> list[Language]:
 
 
 @api.get("/health")
-async def health(request: Request) -> dict:
+async def health(request: Request) -> JSONResponse:
+    """200 and status "ok" while every model's batching task runs; else 503 and status "error"."""
     workers = request.app.state.workers.values()
-    return {
-        "status": "ok",
-        "models": [{"source": w.source, "target": w.target, "attention": w.attention} for w in workers],
+    healthy = all(w.running for w in workers)
+    body = {
+        "status": "ok" if healthy else "error",
+        "models": [
+            {"source": w.source, "target": w.target, "attention": w.attention, "running": w.running} for w in workers
+        ],
         "batches": sum(w.batches for w in workers),
         "requests": sum(w.requests for w in workers),
         "pending": sum(w.pending for w in workers),
     }
+    return JSONResponse(body, status_code=200 if healthy else 503)
 
 
 async def page() -> FileResponse:
@@ -521,17 +677,23 @@ def create_app(
     max_items: int = 100,
     api_key: str | None = None,
     max_body_bytes: int | None = None,
+    max_queue: int = 64,
+    max_cost: int | None = None,
 ) -> FastAPI:
-    """The app over `workers`, whose tasks start with it; `max_body_bytes` defaults
-    to room for `max_chars` characters each written as a JSON escape pair."""
+    """The app over `workers`, whose tasks start with it. `max_queue`: the most requests
+    waiting for one model (more: 503); `max_cost`: the most source pieces x beam of a
+    request (default COST_PER_CHAR x `max_chars`); `max_body_bytes` defaults to room
+    for `max_chars` characters each written as a JSON escape pair."""
     app = FastAPI(title="mt", lifespan=_lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.workers = {(worker.source, worker.target): worker for worker in workers}
     app.state.max_chars, app.state.max_items, app.state.api_key = max_chars, max_items, api_key
+    app.state.max_queue, app.state.max_cost = max_queue, max_cost or COST_PER_CHAR * max_chars
     app.add_middleware(_BodyLimit, limit=max_body_bytes or 16_384 + 12 * max_chars)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(ValidationError, _invalid)
     app.add_exception_handler(TranslationFailed, _translation_failed)
+    app.add_exception_handler(WorkerStopped, _worker_stopped)
     app.add_exception_handler(Exception, _unexpected)
     app.include_router(api)
     app.add_api_route("/", page, include_in_schema=False)
@@ -540,6 +702,74 @@ def create_app(
 
 
 # -- running it ----------------------------------------------------------------
+
+
+class _RequestDeadline(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with a deadline for receiving each request, and
+    the JSON error shape for its own errors (uvicorn writes them as plain text).
+
+    uvicorn closes idle keep-alive connections, but not one on which a request
+    arrives slowly (or never, after the connection opens): a client sending its
+    headers or body a byte at a time would hold its connection for ever. Here a
+    request must arrive whole within `request_timeout` seconds of the connection or
+    of its first byte; else the server answers 408 and closes the connection.
+    """
+
+    def __init__(self, *args: Any, request_timeout: float, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.request_timeout = request_timeout
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        super().connection_made(transport)
+        self._deadline = self.loop.call_later(self.request_timeout, self._too_slow)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._clear_deadline()
+        super().connection_lost(exc)
+
+    def handle_events(self) -> None:
+        """After h11 has read what came: a request is arriving while its headers are
+        incomplete (data waits in h11's buffer) or its body is."""
+        super().handle_events()
+        state = self.conn.their_state
+        if state is h11.SEND_BODY or (state is h11.IDLE and self.conn.trailing_data[0]):
+            if self._deadline is None:
+                self._deadline = self.loop.call_later(self.request_timeout, self._too_slow)
+        else:
+            self._clear_deadline()
+
+    def send_400_response(self, msg: str) -> None:
+        self._close_with(400, msg)
+
+    def _clear_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        answering = self.cycle is not None and self.cycle.response_started and self.conn.their_state is h11.SEND_BODY
+        if answering:  # the app has answered (413) while the body still comes: only close
+            self.transport.close()
+        else:
+            self._close_with(408, f"the request did not arrive within {self.request_timeout:g} s")
+
+    def _close_with(self, status: int, message: str) -> None:
+        """Answer `status` with {"error": message} and close the connection. Written
+        past h11: the request is unusable, and nothing follows on this connection."""
+        body = json.dumps({"error": message}).encode()
+        head = (
+            f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+        )
+        self.transport.write(head.encode() + body)
+        self.transport.close()
+
+
+def http_protocol(request_timeout: float) -> Callable[..., asyncio.Protocol]:
+    """uvicorn's `http` setting: HTTP/1.1 in which a request must arrive within `request_timeout` seconds."""
+    return functools.partial(_RequestDeadline, request_timeout=request_timeout)
 
 
 def is_loopback(host: str) -> bool:
@@ -566,6 +796,37 @@ def _quiet_signal_exit() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def _check_options(
+    port: int, max_chars: int, max_items: int, max_queue: int, batch_wait_ms: float, request_timeout: float
+) -> None:
+    """MTError, in one line, for an option out of range (NaN and infinity are out of every range)."""
+    for name, value, low in (
+        ("--max-chars", max_chars, 1),
+        ("--max-items", max_items, 1),
+        ("--max-queue", max_queue, 1),
+    ):
+        if value < low:
+            raise MTError(f"{name} must be >= {low}, got {value}")
+    for name, value, low, high in (
+        ("--port", port, 0, 65535),
+        ("--batch-wait-ms", batch_wait_ms, 0, MAX_BATCH_WAIT_MS),
+        ("--request-timeout", request_timeout, 0.1, MAX_REQUEST_TIMEOUT),
+    ):
+        if not low <= value <= high:
+            raise MTError(f"{name} must be between {low} and {high}, got {value}")
+
+
+def _check_api_key(api_key: str | None) -> None:
+    if api_key is None:
+        return
+    if not api_key:
+        raise MTError("--api-key is empty: give a key, or leave the option out to serve without one")
+    try:
+        api_key.encode()
+    except UnicodeEncodeError:  # bytes that are not UTF-8 in argv arrive as surrogates
+        raise MTError("--api-key must be valid UTF-8 text") from None
+
+
 def serve(
     models: Sequence[Path] | None = None,
     host: str = "127.0.0.1",
@@ -577,21 +838,16 @@ def serve(
     batching: bool = True,
     device: torch.device | str = "cpu",
     quantize: bool | None = None,
+    max_queue: int = 64,
+    request_timeout: float = 10.0,
     echo: Callable[[str], None] | None = None,
 ) -> None:
     """Load `models` (default: the shipped de-en and en-de), listen on host:port
     (0: any free port) and serve until Ctrl-C or SIGTERM, which finish the
     requests in flight first. `echo` prints the lines for the user (default: stderr)."""
     echo = echo or (lambda line: print(line, file=sys.stderr, flush=True))
-    for name, value, low in (
-        ("--max-chars", max_chars, 1),
-        ("--max-items", max_items, 1),
-        ("--batch-wait-ms", batch_wait_ms, 0),
-    ):
-        if value < low:
-            raise MTError(f"{name} must be >= {low}, got {value}")
-    if not 0 <= port <= 65535:
-        raise MTError(f"--port must be between 0 and 65535, got {port}")
+    _check_options(port, max_chars, max_items, max_queue, batch_wait_ms, request_timeout)
+    _check_api_key(api_key)
     if not is_loopback(host):
         echo(
             f"warning: --host {host} is not a loopback address: anyone who can reach this machine can use the server"
@@ -611,11 +867,17 @@ def serve(
     except BaseException:
         sock.close()
         raise
-    app = create_app(workers, max_chars, max_items, api_key)
+    app = create_app(workers, max_chars, max_items, api_key, max_queue=max_queue)
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["loggers"]["mt"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
     config = uvicorn.Config(
-        app, host=host, port=port, log_config=log_config, timeout_graceful_shutdown=60, server_header=False
+        app,
+        host=host,
+        port=port,
+        http=http_protocol(request_timeout),
+        log_config=log_config,
+        timeout_graceful_shutdown=60,
+        server_header=False,
     )
     pairs = ", ".join(f"{w.source}->{w.target} ({'int8' if w.translator.int8 else 'fp32'})" for w in workers)
     url_host = f"[{host}]" if ":" in host else host

@@ -1,5 +1,6 @@
 """`mt serve`: the LibreTranslate-compatible API, cross-request batching, limits,
-the API key, graceful shutdown and the page (in headless Chromium when it is installed).
+the API key, one client never breaking another, graceful shutdown and the page
+(in headless Chromium when it is installed).
 
 Every server here is real: uvicorn on 127.0.0.1 and a free port, in a thread of
 this process or, for the signal test, in a subprocess. Nothing reaches any
@@ -26,8 +27,8 @@ import pytest
 import torch
 import uvicorn
 
-from mt.config import DecodeConfig
-from mt.server import TranslationWorker, create_app, is_loopback, load_workers, serve
+from mt.config import DecodeConfig, MTError
+from mt.server import TranslationWorker, create_app, http_protocol, is_loopback, load_workers, serve
 from mt.translator import Translator
 
 BEAM5 = DecodeConfig(beam_size=5)
@@ -80,12 +81,21 @@ def _wait_until_answering(url: str, process: subprocess.Popen | None = None) -> 
 
 
 @contextmanager
-def running(app) -> Iterator[str]:
-    """`app` served by uvicorn in a thread on a free port of 127.0.0.1; yields its URL."""
+def running(app, request_timeout: float = 10.0) -> Iterator[str]:
+    """`app` served by uvicorn in a thread on a free port of 127.0.0.1, with `mt serve`'s
+    HTTP protocol; yields its URL."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, log_level="warning"))
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        http=http_protocol(request_timeout),
+        log_config=None,
+        log_level="warning",
+    )
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
@@ -218,8 +228,8 @@ def test_health_names_the_models_and_counts_batches(client):
     body = client.get("/health").json()
     assert body["status"] == "ok"
     assert body["models"] == [
-        {"source": "de", "target": "en", "attention": True},
-        {"source": "en", "target": "de", "attention": False},
+        {"source": "de", "target": "en", "attention": True, "running": True},
+        {"source": "en", "target": "de", "attention": False, "running": True},
     ]
     assert body["batches"] <= body["requests"] and body["pending"] == 0
 
@@ -254,6 +264,10 @@ JSON = {"Content-Type": "application/json"}
         (json.dumps({**GOOD, "q": "a" * 301}), 400, "301 characters; at most 300"),
         (json.dumps({**GOOD, "q": ["a"] * 6}), 400, "6 texts; at most 5"),
         (json.dumps({**GOOD, "q": "a" * 100_000}), 413, "request body larger than"),
+        ("[" * 9_000 + "]" * 9_000, 400, "malformed JSON body: nested too deeply"),
+        (json.dumps({**GOOD, "q": "Hallo \ud800 Welt."}), 400, "q: must be valid Unicode text"),
+        (json.dumps({**GOOD, "q": ["Hallo", "\udfff"]}), 400, "q: must be valid Unicode text"),
+        (json.dumps({**GOOD, "source": "d\ud800"}), 400, "source: must be valid Unicode text"),
     ],
 )
 def test_bad_input_is_a_4xx_json_error_and_the_server_keeps_serving(client, content, status, fragment):
@@ -282,17 +296,34 @@ def test_unknown_paths_and_methods_are_json_errors(client):
     assert client.get("/translate").status_code == 405 and "error" in client.get("/translate").json()
 
 
-class _BrokenTranslator:
-    """Stands in for a Translator whose model fails (out of memory, a bug)."""
+class _Steered:
+    """A checkpoint's Translator that the test steers: each call records its texts, waits
+    until `gate` is open, and fails (as a model out of memory would) when `fails(texts)`."""
 
-    has_attention = False
+    def __init__(self, path: Path, fails=lambda texts: False):
+        self.translator = Translator.from_checkpoint(path)
+        self.fails = fails
+        self.calls: list[list[str]] = []
+        self.gate = threading.Event()
+        self.gate.set()
 
-    def translate_n_best(self, *args, **kwargs):
-        raise RuntimeError("the model broke")
+    def __getattr__(self, name: str):
+        return getattr(self.translator, name)
+
+    def translate_n_best(self, texts, *args, **kwargs):
+        self.calls.append(list(texts))
+        assert self.gate.wait(30), "the test never opened the gate"
+        if self.fails(texts):
+            raise RuntimeError("the model broke")
+        return self.translator.translate_n_best(texts, *args, **kwargs)
 
 
-def test_a_server_error_is_a_500_json_error_with_a_log_line_and_serving_goes_on(caplog):
-    app = create_app([TranslationWorker(_BrokenTranslator(), "de", "en")])
+def _steered_app(translator: _Steered, batch_wait_ms: float = 5.0, **options):
+    return create_app([TranslationWorker(translator, "de", "en", batch_wait_ms)], **options)
+
+
+def test_a_server_error_is_a_500_json_error_with_a_log_line_and_serving_goes_on(checkpoints, caplog):
+    app = _steered_app(_Steered(checkpoints["de-en"], fails=lambda texts: True))
     with running(app) as url, _client(url) as client, caplog.at_level("ERROR", logger="mt.server"):
         response = client.post("/translate", json=GOOD)
         assert response.status_code == 500
@@ -306,9 +337,14 @@ def test_a_server_error_is_a_500_json_error_with_a_log_line_and_serving_goes_on(
 # -- the API key -----------------------------------------------------------------
 
 
-def test_an_api_key_guards_every_call_but_the_page(checkpoints):
-    app = _serve_app(checkpoints, api_key="s3cret")
-    with running(app) as url, _client(url) as client:
+@pytest.fixture(scope="module")
+def keyed_server(checkpoints) -> Iterator[str]:
+    with running(_serve_app(checkpoints, api_key="s3cret")) as url:
+        yield url
+
+
+def test_an_api_key_guards_every_call_but_the_page(keyed_server):
+    with _client(keyed_server) as client:
         for response in (
             client.post("/translate", json=GOOD),
             client.post("/translate", json={**GOOD, "api_key": "wrong"}),
@@ -327,17 +363,36 @@ def test_an_api_key_guards_every_call_but_the_page(checkpoints):
         assert client.get("/static/app.js").status_code == 200
 
 
+def test_the_api_key_is_checked_before_the_body_and_a_key_that_is_not_unicode_is_a_400(keyed_server):
+    with _client(keyed_server) as client:
+        for content in (b'{"q": ', b"", b"[1, 2]", json.dumps({"q": 5}), json.dumps({**GOOD, "api_key": 5})):
+            response = client.post("/translate", content=content, headers=JSON)
+            assert response.status_code == 403, content
+            assert "API key" in response.json()["error"]
+        broken_form = {"Content-Type": "multipart/form-data"}  # no boundary
+        assert client.post("/translate", content=b"q=Hallo", headers=broken_form).status_code == 403
+        keyed = {**JSON, "Authorization": "Bearer s3cret"}
+        assert client.post("/translate", content=b'{"q": ', headers=keyed).status_code == 400
+        response = client.post("/translate", content=b"q=Hallo", headers={**keyed, **broken_form})
+        assert response.status_code == 400 and "malformed form body" in response.json()["error"]
+        assert "q: Field required" in client.post("/translate", json={"source": "de"}, headers=keyed).json()["error"]
+
+        response = client.post("/translate", content=json.dumps({**GOOD, "api_key": "s3\ud800cret"}), headers=JSON)
+        assert response.status_code == 400
+        assert "api_key must be valid Unicode text" in response.json()["error"]
+
+
 # -- batching across requests ---------------------------------------------------
 
 
-def _concurrently(url: str, bodies: list[dict]) -> list[httpx.Response]:
-    """POST every body at once, each from its own thread and connection."""
+def _concurrently(url: str, bodies: list[dict | str]) -> list[httpx.Response]:
+    """POST every body (a dict, or JSON text) at once, each from its own thread and connection."""
     start = threading.Barrier(len(bodies))
 
-    def post(body: dict) -> httpx.Response:
+    def post(body: dict | str) -> httpx.Response:
         with _client(url) as client:
             start.wait()
-            return client.post("/translate", json=body)
+            return client.post("/translate", content=body if isinstance(body, str) else json.dumps(body), headers=JSON)
 
     with ThreadPoolExecutor(len(bodies)) as pool:
         return list(pool.map(post, bodies))
@@ -386,6 +441,197 @@ def test_a_sentences_translation_does_not_depend_on_its_batch_mates(reference, c
             assert [c.score for c in other] == pytest.approx([c.score for c in own], abs=1e-4)
 
 
+# -- one client never breaks another ----------------------------------------------
+
+
+def _wait_for(condition, seconds: float = 10) -> None:
+    """Poll `condition` until it holds."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {seconds} s in vain"
+        time.sleep(0.01)
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def _post(url: str, body: dict) -> httpx.Response:
+    with _client(url) as client:
+        return client.post("/translate", json=body)
+
+
+def _read_until_closed(sock: socket.socket, seconds: float = 5) -> bytes:
+    """All the server sends until it closes the connection; socket.timeout if it does not within `seconds`."""
+    sock.settimeout(seconds)
+    received = b""
+    while chunk := sock.recv(4096):
+        received += chunk
+    return received
+
+
+def _json_answer(raw: bytes) -> tuple[bytes, dict]:
+    """(status line and headers, JSON body) of the last response in `raw`."""
+    head, body = raw[raw.rindex(b"HTTP/1.1 ") :].split(b"\r\n\r\n", 1)
+    assert b"content-type: application/json" in head.lower()
+    return head, json.loads(body)
+
+
+def test_a_text_that_is_not_unicode_is_a_400_alone_and_its_batch_mates_get_their_answers(
+    checkpoints, reference, corpus_pairs
+):
+    texts = _sentences(corpus_pairs, 4)
+    poisoned = json.dumps({"q": "Hallo \ud800 Welt.", "source": "de", "target": "en"})  # valid JSON
+    bodies = [{"q": text, "source": "de", "target": "en"} for text in texts]
+    with running(_serve_app(checkpoints, batch_wait_ms=300)) as url:
+        responses = _concurrently(url, [*bodies[:2], poisoned, *bodies[2:]])
+        with _client(url) as client:
+            counts = client.get("/health").json()
+
+    refused = responses.pop(2)
+    assert refused.status_code == 400 and "q: must be valid Unicode text" in refused.json()["error"]
+    assert [response.status_code for response in responses] == [200] * len(texts)
+    alone = [reference["de-en"].translate([text], BEAM5, split=True)[0] for text in texts]
+    assert [response.json()["translatedText"] for response in responses] == alone
+    assert counts["requests"] == len(texts) and counts["batches"] < len(texts)  # they shared a batch
+
+
+def test_a_request_that_breaks_its_batch_fails_alone_and_the_others_are_translated_without_it(
+    checkpoints, reference, corpus_pairs, caplog
+):
+    texts = _sentences(corpus_pairs, 4)
+    poison = "Gift ."
+    steered = _Steered(checkpoints["de-en"], fails=lambda batch: poison in batch)
+    bodies = [{"q": text, "source": "de", "target": "en"} for text in [*texts[:2], poison, *texts[2:]]]
+    with caplog.at_level("WARNING", logger="mt.server"), running(_steered_app(steered, batch_wait_ms=300)) as url:
+        responses = _concurrently(url, bodies)
+
+    failed = responses.pop(2)
+    assert failed.status_code == 500 and failed.json() == {"error": "internal server error (RuntimeError)"}
+    alone = [reference["de-en"].translate([text], BEAM5, split=True)[0] for text in texts]
+    assert [response.json().get("translatedText") for response in responses] == alone
+    assert any(poison in call and len(call) > 1 for call in steered.calls)  # the shared call failed
+    assert any("translating them one by one" in record.getMessage() for record in caplog.records)
+
+
+class _FailingLoop(TranslationWorker):
+    """A worker whose batching loop fails, as `--batch-wait-ms inf` could make it fail."""
+
+    async def _collect(self, first):
+        raise OverflowError("timestamp too large to convert to C _PyTime_t")
+
+
+def test_a_stopped_worker_fails_its_requests_at_once_with_503_and_health_reports_it(checkpoints, caplog):
+    worker = _FailingLoop(Translator.from_checkpoint(checkpoints["de-en"]), "de", "en")
+    with caplog.at_level("ERROR", logger="mt.server"), running(create_app([worker])) as url, _client(url) as client:
+        for _ in range(2):  # the request that met the failure, then one after it
+            response = client.post("/translate", json=GOOD, timeout=5)
+            assert response.status_code == 503
+            assert response.json() == {"error": "the de->en model is not running"}
+        health = client.get("/health")
+    assert health.status_code == 503 and health.json()["status"] == "error"
+    assert health.json()["models"][0]["running"] is False
+    assert any("the de->en batching task failed" in record.getMessage() for record in caplog.records)
+
+
+def test_a_client_too_slow_to_send_its_request_gets_408_and_its_connection_closed(checkpoints):
+    head = b"POST /translate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    for sent in (
+        b"",  # connects, sends nothing
+        head,  # headers never finished
+        head + b"Content-Length: 60\r\n\r\n" + b'{"q": ',  # the body never finished
+        b"GET /languages HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" + head,  # the next request never finished
+    ):
+        with running(_serve_app(checkpoints), request_timeout=0.5) as url:
+            with socket.create_connection(("127.0.0.1", _port(url)), timeout=5) as sock:
+                sock.sendall(sent)
+                started = time.monotonic()
+                answer = _read_until_closed(sock)  # raises socket.timeout if the server holds on
+            assert time.monotonic() - started < 4
+        status, body = _json_answer(answer)
+        assert status.startswith(b"HTTP/1.1 408 ")
+        assert body == {"error": "the request did not arrive within 0.5 s"}
+
+
+def test_a_request_that_is_not_http_gets_a_json_400(server):
+    with socket.create_connection(("127.0.0.1", _port(server)), timeout=5) as sock:
+        sock.sendall(b"HELLO THERE\r\n\r\n")
+        status, body = _json_answer(_read_until_closed(sock))
+    assert status.startswith(b"HTTP/1.1 400 ") and body == {"error": "Invalid HTTP request received."}
+
+
+def test_a_full_queue_is_refused_with_503_and_retry_after(checkpoints, reference, corpus_pairs):
+    steered = _Steered(checkpoints["de-en"])
+    steered.gate.clear()  # the model holds the first request
+    text = corpus_pairs[4][0]
+    with running(_steered_app(steered, max_queue=1)) as url, _client(url) as client, ThreadPoolExecutor(1) as pool:
+        try:
+            first = pool.submit(_post, url, {"q": text, "source": "de", "target": "en"})
+            _wait_for(lambda: client.get("/health").json()["pending"] == 1)
+            refused = client.post("/translate", json=GOOD, timeout=5)
+        finally:
+            steered.gate.set()
+        answered = first.result(timeout=30)
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert refused.json() == {"error": "the de->en model's queue is full (1 waiting); try again shortly"}
+    assert answered.json() == {"translatedText": reference["de-en"].translate([text], BEAM5, split=True)[0]}
+
+
+def _raw_post(body: dict) -> bytes:
+    content = json.dumps(body).encode()
+    return (
+        b"POST /translate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(content)}\r\n\r\n".encode()
+        + content
+    )
+
+
+def test_a_request_whose_client_has_gone_is_not_translated(checkpoints, corpus_pairs):
+    steered = _Steered(checkpoints["de-en"])
+    steered.gate.clear()
+    first, abandoned, last = (corpus_pairs[index][0] for index in (4, 8, 12))
+    with running(_steered_app(steered)) as url, _client(url) as client, ThreadPoolExecutor(1) as pool:
+        try:
+            answer = pool.submit(_post, url, {"q": first, "source": "de", "target": "en"})
+            _wait_for(lambda: steered.calls)  # the first request is with the model, which waits
+            with socket.create_connection(("127.0.0.1", _port(url)), timeout=5) as sock:
+                sock.sendall(_raw_post({"q": abandoned, "source": "de", "target": "en"}))
+                _wait_for(lambda: client.get("/health").json()["pending"] == 2)
+            _wait_for(lambda: client.get("/health").json()["pending"] == 1)  # it noticed the client go
+        finally:
+            steered.gate.set()
+        assert answer.result(timeout=30).status_code == 200
+        assert client.post("/translate", json={"q": last, "source": "de", "target": "en"}).status_code == 200
+    assert steered.calls == [[first], [last]]
+
+
+def test_a_request_whose_search_would_be_too_long_is_refused_and_a_narrower_beam_is_not(client, reference):
+    from mt.server import COST_PER_CHAR
+
+    text = " ".join("abcdefghijklmnopqrstuvwxyz" * 6)[:300]  # --max-chars of the `server` fixture
+    pieces = len(reference["de-en"].tokenizers.source.encode([text])[0])
+    max_cost = COST_PER_CHAR * 300
+    wide = max_cost // pieces + 1
+    assert 2 <= wide <= 16, "the text should fit some beams and not others"
+
+    refused = client.post("/translate", json={**GOOD, "q": text, "beam": wide})
+    assert refused.status_code == 400
+    assert refused.json()["error"].startswith(f"q has {pieces} subword pieces; at beam {wide} at most ")
+    assert client.post("/translate", json={**GOOD, "q": text, "beam": wide - 1}).status_code == 200
+
+
+def test_alternatives_are_distinct_and_best_first(client, corpus_pairs):
+    texts = [*_sentences(corpus_pairs, 4), f"{corpus_pairs[1][0]} {corpus_pairs[2][0]}"]  # --max-items 5
+    body = client.post(
+        "/translate",
+        json={"q": texts, "source": "de", "target": "en", "alternatives": 5, "beam": 8, "scores": True},
+    ).json()
+    for best, alternatives, scores in zip(body["translatedText"], body["alternatives"], body["scores"]):
+        candidates = [best, *alternatives]
+        assert len(set(candidates)) == len(candidates), candidates
+        assert scores == sorted(scores, reverse=True)
+
+
 # -- running: serve(), signals ------------------------------------------------------
 
 
@@ -395,14 +641,44 @@ def test_loopback_addresses_are_told_from_others():
 
 
 def test_serve_warns_about_a_non_loopback_host_and_fails_in_one_line_on_a_bad_address():
-    from mt.config import MTError
-
     lines: list[str] = []
     with pytest.raises(MTError, match="cannot listen on 192.0.2.1:5000"):
         serve(host="192.0.2.1", echo=lines.append)  # TEST-NET-1: no interface here has it
     assert lines and lines[0].startswith("warning: --host 192.0.2.1 is not a loopback address")
     with pytest.raises(MTError, match="--max-chars must be >= 1"):
         serve(max_chars=0, echo=lines.append)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("batch_wait_ms", float("inf"), "--batch-wait-ms must be between 0 and 10000, got inf"),
+        ("batch_wait_ms", 1e12, "--batch-wait-ms must be between 0 and 10000"),
+        ("batch_wait_ms", float("nan"), "--batch-wait-ms must be between 0 and 10000, got nan"),
+        ("batch_wait_ms", -1, "--batch-wait-ms must be between 0 and 10000"),
+        ("request_timeout", 0, "--request-timeout must be between 0.1 and 600"),
+        ("request_timeout", float("inf"), "--request-timeout must be between 0.1 and 600"),
+        ("max_queue", 0, "--max-queue must be >= 1"),
+    ],
+)
+def test_serve_refuses_a_batch_wait_timeout_or_queue_that_is_not_finite_and_in_range(option, value, message):
+    with pytest.raises(MTError, match=message):
+        serve(**{option: value}, echo=lambda line: None)
+
+
+@pytest.mark.parametrize(
+    ("key", "message"), [("", "--api-key is empty"), ("s\udcffx", "--api-key must be valid UTF-8")]
+)
+def test_serve_refuses_an_empty_or_undecodable_api_key(key, message):
+    with pytest.raises(MTError, match=message):
+        serve(api_key=key, echo=lambda line: None)
+
+
+def test_mt_serve_says_in_one_line_what_is_wrong_with_its_options():
+    from helpers import _assert_cli_error, _invoke
+
+    _assert_cli_error(_invoke(["serve", "--batch-wait-ms", "inf"]), "--batch-wait-ms must be between 0 and 10000")
+    _assert_cli_error(_invoke(["serve", "--api-key", ""]), "--api-key is empty")
 
 
 def _start_server_process(checkpoints, **options) -> tuple[subprocess.Popen, str, list[str]]:
