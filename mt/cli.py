@@ -523,42 +523,21 @@ def compare_cli(
 def serve_cli(
     model: Annotated[
         list[Path] | None,
-        typer.Option(
-            "--model",
-            "-m",
-            help="Checkpoint file or directory; repeat for several directions (several of one direction: an ensemble). "
-            "[default: the shipped checkpoints/de-en and checkpoints/en-de]",
-        ),
+        typer.Option("--model", "-m", help="A checkpoint per direction (several: an ensemble). [default: the shipped]"),
     ] = None,
     host: Annotated[str, typer.Option(help="Address; a non-loopback one opens the server to others.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on; 0 picks a free one.")] = 5000,
-    max_chars: Annotated[
-        int,
-        typer.Option(
-            help="Most characters of text in one request; its subword pieces times its beam may be at most 6 times this."
-        ),
-    ] = 5000,
+    max_chars: Annotated[int, typer.Option(help="Most characters in one request (pieces x beam: 6x this).")] = 5000,
     max_items: Annotated[int, typer.Option(help="Most texts in one request's q list.")] = 100,
     api_key: Annotated[
-        str | None,
-        typer.Option(
-            envvar="MT_API_KEY",
-            help="Require this key on every call but the page: api_key in the body or Authorization: Bearer KEY.",
-        ),
+        str | None, typer.Option(envvar="MT_API_KEY", help="Require this key (api_key, or Authorization: Bearer).")
     ] = None,
-    batch_wait_ms: Annotated[
-        float, typer.Option(help="How long a batch waits for more requests (0 to 10000 ms).")
-    ] = 5.0,
+    batch_wait_ms: Annotated[float, typer.Option(help="How long a batch waits for more (0-10000 ms).")] = 5.0,
     batching: Annotated[
         bool, typer.Option("--batching/--no-batching", help="Batch requests arriving together.")
     ] = True,
-    max_queue: Annotated[
-        int, typer.Option(help="Most requests waiting for one model; more are refused with 503 and Retry-After.")
-    ] = 64,
-    request_timeout: Annotated[
-        float,
-        typer.Option(help="Seconds a client has to send a whole request (headers and body); slower ones get 408."),
-    ] = 10.0,
+    max_queue: Annotated[int, typer.Option(help="Most requests waiting per model (more: 503).")] = 64,
+    request_timeout: Annotated[float, typer.Option(help="Seconds to send a whole request (slower: 408).")] = 10.0,
     device: DeviceOption = Device.auto,
     quantize: QuantizeOption = None,
 ):
