@@ -6,7 +6,8 @@ translated in one batched search, and each text is put back together with the
 whitespace it had between its sentences. A sentence longer than the model
 reads well (`max_tokens` subwords: by default the longest pair it was trained
 on) is cut at clause boundaries, else between words, and translated piece by
-piece: nothing the user typed is dropped.
+piece: nothing the user typed is dropped. A sentence without letters (a number,
+an emoji) comes back as it is.
 
 Threads: a Translator keeps no state between calls, but each call puts the
 model in eval mode. Call it from one thread at a time (the server runs one
@@ -85,6 +86,10 @@ def _cut_after(text: str, boundary: re.Pattern) -> list[str]:
     """`text` cut after each match of `boundary`; the pieces concatenate to `text`."""
     ends = [match.end() for match in boundary.finditer(text) if 0 < match.end() < len(text)]
     return [text[start:end] for start, end in zip([0, *ends], [*ends, len(text)])]
+
+
+def _has_letters(text: str) -> bool:
+    return any(character.isalpha() for character in text)
 
 
 def _direction(info: dict) -> str:
@@ -210,10 +215,11 @@ class Translator:
 
     @torch.inference_mode()
     def _search(self, sentences: Sequence[str], decode: DecodeConfig, n_best: int) -> list[list[Candidate]]:
-        """The n best translations of each sentence (each fits in `max_tokens`)."""
+        """The n best translations of each sentence (each fits in `max_tokens`). A
+        sentence without letters (numbers, emoji, punctuation) is its own translation."""
         encoded = self.tokenizers.source.encode(list(sentences))
-        results: list[list[Candidate]] = [[Candidate("", 0.0)] for _ in sentences]
-        nonempty = [i for i, ids in enumerate(encoded) if ids]
+        results = [[Candidate("" if _has_letters(s) else s, 0.0)] for s in sentences]
+        nonempty = [i for i, ids in enumerate(encoded) if ids and _has_letters(sentences[i])]
         lengths = [len(encoded[i]) + 1 for i in nonempty]
         pad_id, eos_id = self.model.config.pad_id, self.model.config.eos_id
         was_training = self.model.training

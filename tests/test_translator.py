@@ -180,3 +180,15 @@ def test_a_news_paragraph_comes_back_complete_in_order_one_translation_per_sente
     alone = translator.translate([s.strip() for s in sentences], DecodeConfig(beam_size=2))
     (paragraph,) = translator.translate([NEWS_PARAGRAPH], DecodeConfig(beam_size=2), split=True)
     assert all(alone) and paragraph == " ".join(alone)
+
+
+@pytest.mark.parametrize("text", ["👍", "42", "12:30 – 14:00", "?!", "3.5 %"])
+def test_a_text_without_letters_comes_back_unchanged(translator, text):
+    assert translator.translate([text], DECODE, split=True) == [text]
+    assert translator.translate([f"  {text}\t"], DECODE) == [text]
+
+
+def test_a_sentence_without_letters_in_a_text_keeps_its_place(translator, corpus_pairs):
+    first = corpus_pairs[0][0]
+    (alone,) = translator.translate([first], DECODE)
+    assert translator.translate([f"{first} 👍"], DECODE, split=True) == [f"{alone} 👍"]
