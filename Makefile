@@ -8,6 +8,9 @@ GENERAL := $(addprefix general/,news wiki europarl web chat dictionary-sentences
 # The CPU build of torch; on machines whose pip would pick a CUDA build, use e.g.
 #   make install TORCH="torch --index-url https://download.pytorch.org/whl/cpu"
 TORCH ?= torch==2.13.0
+# translate 3.8.1 (a LibreTranslate client the tests drive) pins libretranslatepy 2.1.1: its own environment.
+CLIENTS := $(VENV)/clients
+TRANSLATE_CLIENT := translate==3.8.1
 
 .PHONY: install data translate test test-fast lint serve bench bench-memory bench-serve bench-pipeline clean
 
@@ -42,8 +45,13 @@ data: install
 translate: install
 	$(BIN)/mt translate
 
-test: install
+test: install $(CLIENTS)/.$(TRANSLATE_CLIENT)
 	$(BIN)/python -m pytest
+
+$(CLIENTS)/.$(TRANSLATE_CLIENT):
+	test -x $(CLIENTS)/bin/python || $(PYTHON) -m venv $(CLIENTS)
+	$(CLIENTS)/bin/python -m pip install --quiet "$(TRANSLATE_CLIENT)"
+	touch $@
 
 # The tests without the slow tier (real processes, wheels, benchmarks, the 200-step model): about a minute on 2 cores.
 test-fast: install

@@ -538,15 +538,14 @@ def serve_cli(
     ] = True,
     max_queue: Annotated[int, typer.Option(help="Most requests waiting per model (more: 503).")] = 64,
     request_timeout: Annotated[float, typer.Option(help="Seconds to send a whole request (slower: 408).")] = 10.0,
+    cors_origin: Annotated[list[str], typer.Option(metavar="ORIGIN", help="Web origin allowed (CORS).")] = ["*"],  # noqa: B006
     device: DeviceOption = Device.auto,
     quantize: QuantizeOption = None,
 ):
-    """Serve translations over HTTP: a LibreTranslate-compatible JSON API and a web page.
+    """Serve translations over HTTP: a LibreTranslate-compatible API and a web page.
 
-    POST /translate with {"q": "...", "source": "de", "target": "en"} answers
-    {"translatedText": "..."}; GET /languages lists the loaded directions; the
-    page at / translates as you type. Ctrl-C or SIGTERM finish the requests in
-    flight, then stop the server.
+    POST /translate {"q": "...", "source": "de", "target": "en"} answers {"translatedText": "..."};
+    the page at / translates as you type. Ctrl-C or SIGTERM finish the requests in flight, then stop.
 
     \b
     Examples:
@@ -571,6 +570,7 @@ def serve_cli(
         quantize,
         max_queue=max_queue,
         request_timeout=request_timeout,
+        cors_origins=cors_origin,
     )
 
 

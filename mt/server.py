@@ -44,24 +44,27 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from http import HTTPStatus
 from itertools import groupby
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
+from urllib.parse import parse_qsl
 
 import h11
 import torch
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
@@ -72,15 +75,28 @@ from starlette.datastructures import State
 from starlette.exceptions import HTTPException
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from mt import __version__
 from mt.checkpoint import read_info, resolve
 from mt.config import DecodeConfig, MTError
 from mt.files import DEFAULT_MODEL
 from mt.translator import Alignment, Translator
 
+try:  # being written by others: the server serves without them until they land
+    from mt.detect import detect
+except ImportError:
+    detect = None  # type: ignore[assignment]
+try:
+    from mt.markup import translate_html
+except ImportError:
+    translate_html = None  # type: ignore[assignment]
+
 logger = logging.getLogger("mt.server")
 
 STATIC = Path(__file__).resolve().parent / "static"
 SERVER_MAX_BEAM = 16  # a request's widest beam (the CLI allows mt.config.MAX_BEAM)
+MAX_ALTERNATIVES = SERVER_MAX_BEAM - 1  # alternatives widen the beam up to SERVER_MAX_BEAM
+FRONTEND_TIMEOUT_MS = 500  # /frontend/settings: how long LibreTranslate's page waits after typing
+CORS_MAX_AGE = 20 * 24 * 3600  # how long browsers may keep a preflight's answer (LibreTranslate's 20 days)
 # A request's search is bounded by its source pieces x beam: beam search's work grows with both
 # (not with the number of alternatives, which are the best of the beam). The bound is this much per
 # character of --max-chars: a piece is at least a character long (bar a lone word-start mark, hence
@@ -116,20 +132,21 @@ def _unicode_text(text: str) -> str:
 Text = Annotated[str, AfterValidator(_unicode_text)]
 
 
-class TranslateRequest(BaseModel):
-    """LibreTranslate's /translate body, plus mt's extras (`beam`, `scores`, `alignment`).
+def _language_code(code: Any) -> Any:
+    """Language codes are case-insensitive, as in LibreTranslate ("DE" is "de")."""
+    return code.strip().lower() if isinstance(code, str) else code
+
+
+LanguageCode = Annotated[Text, BeforeValidator(_language_code)]
+
+
+class TextsRequest(BaseModel):
+    """The `q` of a /translate or /detect request: a text or a list of texts.
     Its `api_key` is read by `require_api_key`, before the body is validated."""
 
     model_config = ConfigDict(extra="ignore")  # LibreTranslate clients may send fields this server does not use
 
     q: str | list[str]
-    source: Text
-    target: Text
-    format: Text = "text"
-    alternatives: int = Field(0, ge=0)
-    beam: int = Field(5, ge=1, le=SERVER_MAX_BEAM)
-    scores: bool = False
-    alignment: bool = False
 
     @field_validator("q", mode="before")
     @classmethod
@@ -144,6 +161,30 @@ class TranslateRequest(BaseModel):
     def texts(self) -> list[str]:
         return [self.q] if isinstance(self.q, str) else self.q
 
+
+class TranslateRequest(TextsRequest):
+    """LibreTranslate's /translate body, plus mt's extras (`beam`, `scores`, `alignment`).
+    `alternatives` widens the beam when it needs more than `beam` - 1."""
+
+    source: LanguageCode
+    target: LanguageCode
+    format: Annotated[Text, BeforeValidator(lambda value: value or "text")] = "text"  # null: text, as in LibreTranslate
+    alternatives: int = Field(0, ge=0)
+    beam: int = Field(5, ge=1, le=SERVER_MAX_BEAM)
+    scores: bool = False
+    alignment: bool = False
+
+    @property
+    def html(self) -> bool:
+        return self.format == "html"
+
+    @property
+    def search_beam(self) -> int:
+        """The beam that finds the alternatives asked for (HTML has none)."""
+        return self.beam if self.html else max(self.beam, self.alternatives + 1)
+
+
+RequestModel = TypeVar("RequestModel", bound=TextsRequest)
 
 # The translator's Alignment, written as {"source", "target", "weights"} (weights[t][s] rounded to 4 decimals).
 AlignmentJSON = Annotated[Alignment, PlainSerializer(Alignment.to_dict)]
@@ -160,6 +201,7 @@ class TranslateResponse(BaseModel):
     model_config = ConfigDict(arbitrary_types_allowed=True)  # Alignment.weights is a tensor
 
     translatedText: str | list[str]
+    detectedLanguage: DetectedLanguage | list[DetectedLanguage] | None = None  # for source "auto"
     alternatives: list[str] | list[list[str]] | None = None
     scores: list[float] | list[list[float]] | None = None
     alignment: AlignmentJSON | list[AlignmentJSON | None] | None = None
@@ -169,6 +211,11 @@ class Language(BaseModel):
     code: str
     name: str
     targets: list[str]
+
+
+class DetectedLanguage(BaseModel):
+    language: str
+    confidence: float  # percent
 
 
 # -- the batching worker -------------------------------------------------------
@@ -190,6 +237,12 @@ class _Job:
     n_best: int
     alignment: bool
     future: asyncio.Future[list[TextResult]]
+    html: bool = False  # translated by mt.markup, tags kept; no alternatives
+
+    @property
+    def kind(self) -> tuple[bool, int]:
+        """Jobs of one kind share a Translator call."""
+        return self.html, self.beam
 
 
 class TranslationFailed(Exception):
@@ -261,8 +314,10 @@ class TranslationWorker:
             if not future.done():
                 future.set_exception(WorkerStopped(f"the {self.source}->{self.target} model is not running"))
 
-    async def translate(self, texts: list[str], beam: int, n_best: int, alignment: bool) -> list[TextResult]:
-        """The n best of each text; raises TranslationFailed if the Translator fails
+    async def translate(
+        self, texts: list[str], beam: int, n_best: int, alignment: bool, html: bool = False
+    ) -> list[TextResult]:
+        """The n best of each text (of an HTML document: its one translation); raises TranslationFailed if the Translator fails
         on them, WorkerStopped if the task has ended. Cancelling the call (its
         client has gone) takes its texts out of the batch they wait for."""
         if not self.running:
@@ -270,7 +325,7 @@ class TranslationWorker:
         future = asyncio.get_running_loop().create_future()
         self._waiting.add(future)
         try:
-            self._queue.put_nowait(_Job(texts, beam, n_best, alignment, future))
+            self._queue.put_nowait(_Job(texts, beam, n_best, alignment, future, html))
             return await future
         finally:
             self._waiting.discard(future)
@@ -278,7 +333,7 @@ class TranslationWorker:
     async def _run(self) -> None:
         while (first := await self._queue.get()) is not None:
             jobs, stopping = await self._collect(first)
-            for _, group in groupby(sorted(jobs, key=lambda job: job.beam), key=lambda job: job.beam):
+            for _, group in groupby(sorted(jobs, key=lambda job: job.kind), key=lambda job: job.kind):
                 await self._answer(list(group))
             if stopping:
                 return
@@ -298,7 +353,7 @@ class TranslationWorker:
             return jobs, False
 
     async def _answer(self, jobs: list[_Job]) -> None:
-        """Translate `jobs` (all of one beam) and settle their futures; a job whose
+        """Translate `jobs` (all of one kind) and settle their futures; a job whose
         request was cancelled (client gone, forced shutdown) is not translated."""
         jobs = [job for job in jobs if not job.future.done()]
         self.requests += len(jobs)
@@ -316,7 +371,7 @@ class TranslationWorker:
         so that a request that breaks the shared call fails alone."""
         self.batches += 1
         try:
-            return await asyncio.to_thread(self._translate, jobs)
+            return await asyncio.to_thread(self._translate_html if jobs[0].html else self._translate, jobs)
         except Exception as error:  # noqa: BLE001  (retried below, or this request answers 500)
             if len(jobs) == 1:
                 return [error]
@@ -345,6 +400,19 @@ class TranslationWorker:
                         self._result(text, options[: job.n_best], job.alignment)
                         for text, options in zip(job.texts, found)
                     ]
+                )
+            except Exception as error:  # noqa: BLE001  (this request answers 500)
+                answers.append(error)
+        return answers
+
+    def _translate_html(self, jobs: list[_Job]) -> list[list[TextResult] | Exception]:
+        """In a thread: each job's HTML documents, translated by mt.markup (text between the tags)."""
+        decode = DecodeConfig(beam_size=jobs[0].beam)
+        answers: list[list[TextResult] | Exception] = []
+        for job in jobs:
+            try:
+                answers.append(
+                    [TextResult([translate_html(self.translator, text, decode)], [], None) for text in job.texts]
                 )
             except Exception as error:  # noqa: BLE001  (this request answers 500)
                 answers.append(error)
@@ -392,13 +460,16 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 
 
 def _validation_message(error: ValidationError | RequestValidationError) -> str:
+    """LibreTranslate's words where it has them ("Invalid request: missing q parameter")."""
     parts = []
     for detail in error.errors()[:3]:
         if detail["type"] == "model_type":
-            return "invalid request: the body must be a JSON object with q, source and target"
+            return "Invalid request: the body must be a JSON object with q, source and target"
         where = ".".join(str(part) for part in detail["loc"] if part != "body") or "body"
+        if detail["type"] == "missing":
+            return f"Invalid request: missing {where} parameter"
         parts.append(f"{where}: {detail['msg'].removeprefix('Value error, ')}")
-    return "invalid request: " + "; ".join(parts)
+    return "Invalid request: " + "; ".join(parts)
 
 
 async def _http_error(_: Request, error: HTTPException) -> JSONResponse:
@@ -471,7 +542,7 @@ class _BodyLimit:
         await self.app(scope, replay, send)
 
 
-# -- the routes --------------------------------------------------------------------
+# -- reading requests ----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -481,25 +552,34 @@ class _Unreadable:
     message: str
 
 
-async def request_data(request: Request) -> Any:
-    """Dependency: a POST's body as JSON, or as a form (one field per name; a repeated
-    `q` is a list); _Unreadable if it is neither; None for a GET. FastAPI reads it
-    once per request for both `require_api_key` and `translate_request`."""
-    if request.method != "POST":
-        return None
+def _fields(pairs: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """Form or query fields, the first value of each name; a repeated `q` is a list."""
+    fields: dict[str, Any] = {}
+    for name, value in pairs:
+        if name == "q" and name in fields:
+            fields["q"] = [*(fields["q"] if isinstance(fields["q"], list) else [fields["q"]]), value]
+        else:
+            fields.setdefault(name, value)
+    return fields
+
+
+async def _body_fields(request: Request) -> Any:
+    """A POST's body: a JSON value, a form's fields ({} for an empty body) or _Unreadable."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+    if content_type == "multipart/form-data":
         try:
             form = await request.form()
         except HTTPException as error:  # Starlette's 400 for a broken multipart body
             return _Unreadable(f"malformed form body: {error.detail}")
-        data: dict[str, Any] = {key: form.get(key) for key in form}
-        if len(texts := form.getlist("q")) > 1:
-            data["q"] = texts
-        return data
+        return _fields((name, value) for name, value in form.multi_items() if isinstance(value, str))
     raw = await request.body()
+    if content_type == "application/x-www-form-urlencoded":
+        try:  # UTF-8, raw or percent-encoded (Starlette would read raw bytes as Latin-1)
+            return _fields(parse_qsl(raw.decode(), keep_blank_values=True, errors="strict"))
+        except UnicodeDecodeError:
+            return _Unreadable("malformed form body: it is not UTF-8")
     if not raw.strip():
-        return _Unreadable("empty body: send a JSON object (or a form) with q, source and target")
+        return {}
     try:
         return json.loads(raw)
     except RecursionError:  # thousands of nested brackets
@@ -508,26 +588,42 @@ async def request_data(request: Request) -> Any:
         return _Unreadable(f"malformed JSON body: {error}")
 
 
-async def translate_request(data: Annotated[Any, Depends(request_data)]) -> TranslateRequest:
-    """Dependency: the POST body, validated."""
+async def request_data(request: Request) -> Any:
+    """Dependency: the request's fields as LibreTranslate reads them: from a JSON body, a form
+    (urlencoded or multipart) or the query string (deep-translator POSTs an empty body and
+    its fields in the query string); the query string's fill in what the body lacks.
+    _Unreadable for a body that is neither JSON nor a form. FastAPI reads it once per
+    request, for both `require_api_key` and the route."""
+    query = _fields(request.query_params.multi_items())
+    body = await _body_fields(request) if request.method == "POST" else {}
+    return {**query, **body} if isinstance(body, dict) else body
+
+
+def _validated(data: Any, model: type[RequestModel]) -> RequestModel:
     if isinstance(data, _Unreadable):
         raise HTTPException(400, data.message)
-    return TranslateRequest.model_validate(data)
+    return model.model_validate(data)
+
+
+async def translate_request(data: Annotated[Any, Depends(request_data)]) -> TranslateRequest:
+    """Dependency: the request's fields, validated."""
+    return _validated(data, TranslateRequest)
 
 
 def _given_key(request: Request, data: Any) -> str | None:
-    """The key from the body (LibreTranslate), `Authorization: Bearer KEY` or `?api_key=`."""
-    in_body = data.get("api_key") if isinstance(data, dict) else None
-    if isinstance(in_body, str) and in_body:
-        return in_body
+    """The key as LibreTranslate reads it (`api_key` in the JSON body, the form or the query
+    string), or from mt's `Authorization: Bearer KEY`."""
+    given = data.get("api_key") if isinstance(data, dict) else request.query_params.get("api_key")
+    if isinstance(given, str) and given:
+        return given
     bearer = request.headers.get("authorization", "")
-    return bearer[7:].strip() if bearer[:7].lower() == "bearer " else request.query_params.get("api_key")
+    return bearer[7:].strip() or None if bearer[:7].lower() == "bearer " else None
 
 
 async def require_api_key(request: Request, data: Annotated[Any, Depends(request_data)]) -> None:
-    """Dependency of every API route when the server has a key: without the key, 403,
-    before anything else about the request is checked (a key that is not valid
-    Unicode text: 400)."""
+    """Dependency of /translate and /detect when the server has a key: without the key, 403,
+    before anything else about the request is checked (a key that is not valid Unicode
+    text: 400). The metadata routes are open, as in LibreTranslate."""
     expected = request.app.state.api_key
     if expected is None:
         return
@@ -537,54 +633,69 @@ async def require_api_key(request: Request, data: Annotated[Any, Depends(request
     except UnicodeEncodeError:
         raise HTTPException(400, "api_key must be valid Unicode text (it holds an unpaired surrogate)") from None
     if not valid:
-        raise HTTPException(403, "invalid or missing API key")
+        raise HTTPException(403, "Invalid API key" if given else "Please contact the server operator to get an API key")
 
 
-def _worker_for(body: TranslateRequest, state: State) -> TranslationWorker:
-    """The worker of the request's direction, once the request is within the limits in `state`."""
-    pairs = ", ".join(f"{s}->{t}" for s, t in state.workers)
-    if body.source == "auto":
+# -- checking requests ---------------------------------------------------------------
+
+
+def _language_name(code: str) -> str:
+    return LANGUAGE_NAMES.get(code, code)
+
+
+def _check_request(body: TranslateRequest, state: State) -> None:
+    """400, in LibreTranslate's words, unless `body`'s texts, alternatives, languages and
+    format are within what `state` serves."""
+    texts = body.texts
+    if not texts or body.q == "":
+        raise HTTPException(400, "Invalid request: missing q parameter")
+    characters = sum(len(text) for text in texts)
+    for size, limit in ((len(texts), state.max_items), (characters, state.max_chars)):
+        if size > limit:
+            raise HTTPException(400, f"Invalid request: request ({size}) exceeds text limit ({limit})")
+    if body.alternatives > MAX_ALTERNATIVES:
+        raise HTTPException(400, f"Invalid request: alternatives parameter must be <= {MAX_ALTERNATIVES}")
+    known = {code for pair in state.workers for code in pair} | ({"auto"} if detect else set())
+    for code in (body.source, body.target):
+        if code not in known or code == body.target == "auto":
+            raise HTTPException(400, f"{code} is not supported")
+    if body.format not in state.formats:
+        raise HTTPException(400, f"{body.format} format is not supported")
+
+
+def _worker_for(body: TranslateRequest, source: str, state: State) -> TranslationWorker:
+    """The worker that translates `source` to the request's target, once its search is
+    within `state`'s bound (source pieces x beam) and its queue has room."""
+    if (source, body.target) not in state.workers:
         raise HTTPException(
-            400, f"source language detection ('auto') is not supported; name the source language ({pairs})"
+            400,
+            f"{_language_name(body.target)} ({body.target}) is not available as a target language "
+            f"from {_language_name(source)} ({source})",
         )
-    if body.format != "text":
-        raise HTTPException(400, f"format {body.format!r} is not supported; send plain text with format 'text'")
-    if (body.source, body.target) not in state.workers:
+    worker = state.workers[source, body.target]
+    pieces, beam = worker.pieces(body.texts), body.search_beam
+    if pieces * beam > state.max_cost:
         raise HTTPException(
-            400, f"no model translates {body.source!r} to {body.target!r}; this server translates {pairs}"
+            400,
+            f"q has {pieces} subword pieces; at beam {beam} at most {state.max_cost // beam} per request "
+            f"(pieces x beam <= {state.max_cost}): send less text, a smaller beam or fewer alternatives",
         )
-    if body.alternatives >= body.beam:
-        raise HTTPException(
-            400, f"alternatives ({body.alternatives}) must be fewer than beam ({body.beam}): ask for a larger beam"
-        )
-    worker = state.workers[body.source, body.target]
-    _check_size(body, state, worker)
     if worker.pending >= state.max_queue:
         raise HTTPException(
             503,
-            f"the {body.source}->{body.target} model's queue is full ({worker.pending} waiting); try again shortly",
+            f"the {source}->{body.target} model's queue is full ({worker.pending} waiting); try again shortly",
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
         )
     return worker
 
 
-def _check_size(body: TranslateRequest, state: State, worker: TranslationWorker) -> None:
-    """400 unless the request's texts, characters and search (source pieces x beam) are within `state`'s limits."""
-    texts = body.texts
-    if not texts or (isinstance(body.q, str) and not body.q.strip()):
-        raise HTTPException(400, "q is empty: give a text or a list of texts")
-    if len(texts) > state.max_items:
-        raise HTTPException(400, f"q has {len(texts)} texts; at most {state.max_items} per request")
-    characters = sum(len(text) for text in texts)
-    if characters > state.max_chars:
-        raise HTTPException(400, f"q has {characters} characters; at most {state.max_chars} per request")
-    pieces = worker.pieces(texts)
-    if pieces * body.beam > state.max_cost:
-        raise HTTPException(
-            400,
-            f"q has {pieces} subword pieces; at beam {body.beam} at most {state.max_cost // body.beam} per request "
-            f"(pieces x beam <= {state.max_cost}): send less text or a smaller beam",
-        )
+async def _detected(texts: list[str], state: State) -> list[DetectedLanguage]:
+    """The languages of the loaded models that `texts` may be in, best first (one guess for
+    all of them, as LibreTranslate makes); run in a thread, off the event loop."""
+    languages = sorted({code for pair in state.workers for code in pair})
+    found = await asyncio.to_thread(detect, "\n".join(texts), languages)
+    guesses = [DetectedLanguage(language=code, confidence=confidence) for code, confidence in found]
+    return guesses or [DetectedLanguage(language=languages[0], confidence=0.0)]
 
 
 async def _client_gone(request: Request) -> None:
@@ -593,52 +704,89 @@ async def _client_gone(request: Request) -> None:
         pass
 
 
-def _response(body: TranslateRequest, results: list[TextResult]) -> TranslateResponse:
-    """The answer holds only what `body` asked for."""
-
-    def each(values: list) -> Any:
-        return values[0] if isinstance(body.q, str) else values
-
-    response = TranslateResponse(translatedText=each([r.texts[0] for r in results]))
-    if body.alternatives:
-        response.alternatives = each([r.texts[1:] for r in results])
-    if body.scores:
-        response.scores = each([r.scores for r in results])
-    if body.alignment:
-        response.alignment = each([r.alignment for r in results])
-    return response
-
-
-api = APIRouter(dependencies=[Depends(require_api_key)])
-
-
-@api.post("/translate")
-async def translate(request: Request, body: Annotated[TranslateRequest, Depends(translate_request)]) -> Response:
-    worker = _worker_for(body, request.app.state)
-    work = asyncio.ensure_future(worker.translate(body.texts, body.beam, body.alternatives + 1, body.alignment))
+async def _translated(request: Request, worker: TranslationWorker, body: TranslateRequest) -> list[TextResult] | None:
+    """`body`'s texts translated by `worker`; None if the client has gone first."""
+    n_best = 1 if body.html else body.alternatives + 1
+    work = asyncio.ensure_future(worker.translate(body.texts, body.search_beam, n_best, body.alignment, body.html))
     gone = asyncio.ensure_future(_client_gone(request))
     try:
         await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
     finally:
         gone.cancel()
         work.cancel()  # the client has gone (or this request is cancelled): its texts leave the queue
-    if not work.done():
+    return work.result() if work.done() else None
+
+
+def _response(body: TranslateRequest, results: list[TextResult], detected: DetectedLanguage | None) -> Response:
+    """The answer holds only what `body` asked for. Written by json.dumps: a response_model
+    would write the floats with pydantic's writer (1e-05 as 0.00001)."""
+
+    def each(values: list) -> Any:
+        return values[0] if isinstance(body.q, str) else values
+
+    response = TranslateResponse(translatedText=each([r.texts[0] for r in results]))
+    if detected is not None:
+        response.detectedLanguage = each([detected] * len(results))
+    if body.alternatives:
+        response.alternatives = each([r.texts[1:] for r in results])
+    if body.scores:
+        response.scores = each([r.scores for r in results])
+    if body.alignment:
+        response.alignment = each([r.alignment for r in results])
+    return JSONResponse(response.model_dump(exclude_unset=True))
+
+
+# -- the routes --------------------------------------------------------------------
+
+keyed = APIRouter(dependencies=[Depends(require_api_key)])  # the routes that need the key, if the server has one
+metadata = APIRouter()
+
+
+@keyed.post("/translate")
+async def translate(request: Request, body: Annotated[TranslateRequest, Depends(translate_request)]) -> Response:
+    state = request.app.state
+    _check_request(body, state)
+    detected = (await _detected(body.texts, state))[0] if body.source == "auto" else None
+    source = detected.language if detected else body.source
+    if detected and source == body.target:  # detected in the target language: nothing to translate
+        return _response(body, [TextResult([text], [], None) for text in body.texts], detected)
+    results = await _translated(request, _worker_for(body, source, state), body)
+    if results is None:
         return Response(status_code=499)  # nginx's "client closed request": nobody reads it
-    results = work.result()
-    # Written by json.dumps: a response_model would write the floats with pydantic's writer (1e-05 as 0.00001).
-    return JSONResponse(_response(body, results).model_dump(exclude_unset=True))
+    return _response(body, results, detected)
 
 
-@api.get("/languages")
+@keyed.post("/detect")
+async def detect_language(request: Request, data: Annotated[Any, Depends(request_data)]) -> list[DetectedLanguage]:
+    """The languages of the loaded models that `q` may be in, best first, with confidences in percent."""
+    texts = _validated(data, TextsRequest).texts
+    if not "".join(texts):
+        raise HTTPException(400, "Invalid request: missing q parameter")
+    if detect is None:
+        raise HTTPException(400, "language detection is not available on this server")
+    return await _detected(texts, request.app.state)
+
+
+@keyed.post("/translate_file")
+async def translate_file() -> None:
+    raise HTTPException(403, "Files translation are disabled on this server.")
+
+
+@metadata.post("/suggest")
+async def suggest() -> None:
+    raise HTTPException(403, "Suggestions are disabled on this server.")
+
+
+@metadata.get("/languages")
 async def languages(request: Request) -> list[Language]:
     pairs = request.app.state.workers.keys()
     return [
-        Language(code=code, name=LANGUAGE_NAMES.get(code, code), targets=sorted(t for s, t in pairs if s == code))
+        Language(code=code, name=_language_name(code), targets=sorted(t for s, t in pairs if s == code))
         for code in sorted({code for pair in pairs for code in pair})
     ]
 
 
-@api.get("/health")
+@metadata.get("/health")
 async def health(request: Request) -> JSONResponse:
     """200 and status "ok" while every model's batching task runs; else 503 and status "error"."""
     workers = request.app.state.workers.values()
@@ -653,6 +801,31 @@ async def health(request: Request) -> JSONResponse:
         "pending": sum(w.pending for w in workers),
     }
     return JSONResponse(body, status_code=200 if healthy else 503)
+
+
+@metadata.get("/frontend/settings")
+async def frontend_settings(request: Request) -> dict[str, Any]:
+    """LibreTranslate's settings for its page, which clients read to learn the limits and whether a key is needed."""
+    state = request.app.state
+    source, target = next(iter(state.workers))
+    keyed_server = state.api_key is not None
+    return {
+        "charLimit": state.max_chars,
+        "frontendTimeout": FRONTEND_TIMEOUT_MS,
+        "apiKeys": keyed_server,
+        "keyRequired": keyed_server,
+        "suggestions": False,
+        "filesTranslation": False,
+        "supportedFilesFormat": [],
+        "language": {
+            "source": {"code": "auto", "name": "Auto Detect"} if detect else _named(source),
+            "target": _named(target),
+        },
+    }
+
+
+def _named(code: str) -> dict[str, str]:
+    return {"code": code, "name": _language_name(code)}
 
 
 async def page() -> FileResponse:
@@ -679,23 +852,44 @@ def create_app(
     max_body_bytes: int | None = None,
     max_queue: int = 64,
     max_cost: int | None = None,
+    cors_origins: Sequence[str] = ("*",),
 ) -> FastAPI:
     """The app over `workers`, whose tasks start with it. `max_queue`: the most requests
     waiting for one model (more: 503); `max_cost`: the most source pieces x beam of a
     request (default COST_PER_CHAR x `max_chars`); `max_body_bytes` defaults to room
-    for `max_chars` characters each written as a JSON escape pair."""
-    app = FastAPI(title="mt", lifespan=_lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    for `max_chars` characters each written as a JSON escape pair; `cors_origins`: the
+    web pages (origins) whose scripts may call the API, "*" for any (LibreTranslate's default).
+    /spec is the OpenAPI document, titled "LibreTranslate" as clients (Dialect) check."""
+    app = FastAPI(
+        title="LibreTranslate",
+        summary="mt: an LSTM translator's LibreTranslate-compatible API",
+        version=__version__,
+        lifespan=_lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/spec",
+    )
     app.state.workers = {(worker.source, worker.target): worker for worker in workers}
     app.state.max_chars, app.state.max_items, app.state.api_key = max_chars, max_items, api_key
     app.state.max_queue, app.state.max_cost = max_queue, max_cost or COST_PER_CHAR * max_chars
+    app.state.formats = ("text", "html") if translate_html else ("text",)
     app.add_middleware(_BodyLimit, limit=max_body_bytes or 16_384 + 12 * max_chars)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=list(cors_origins),
+        allow_methods=["GET", "POST"],
+        allow_headers=["Authorization", "Content-Type"],
+        expose_headers=["Authorization"],
+        max_age=CORS_MAX_AGE,
+    )
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(ValidationError, _invalid)
     app.add_exception_handler(TranslationFailed, _translation_failed)
     app.add_exception_handler(WorkerStopped, _worker_stopped)
     app.add_exception_handler(Exception, _unexpected)
-    app.include_router(api)
+    app.include_router(keyed)
+    app.include_router(metadata)
     app.add_api_route("/", page, include_in_schema=False)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
@@ -772,6 +966,21 @@ def http_protocol(request_timeout: float) -> Callable[..., asyncio.Protocol]:
     return functools.partial(_RequestDeadline, request_timeout=request_timeout)
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to host:port. Made with IPPROTO_TCP rather than protocol 0: asyncio
+    sets TCP_NODELAY only on connections whose socket says TCP, and without it a client that
+    reuses its connection waits for its delayed ACK (about 40 ms) before each answer arrives."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -841,6 +1050,7 @@ def serve(
     max_queue: int = 64,
     request_timeout: float = 10.0,
     echo: Callable[[str], None] | None = None,
+    cors_origins: Sequence[str] = ("*",),
 ) -> None:
     """Load `models` (default: the shipped de-en and en-de), listen on host:port
     (0: any free port) and serve until Ctrl-C or SIGTERM, which finish the
@@ -853,13 +1063,9 @@ def serve(
             f"warning: --host {host} is not a loopback address: anyone who can reach this machine can use the server"
             + ("" if api_key else " (set --api-key to require a key)")
         )
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))  # before loading the models: a taken port fails at once
+        sock = listening_socket(host, port)  # before loading the models: a taken port fails at once
     except OSError as error:
-        sock.close()
         raise MTError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
     port = sock.getsockname()[1]
     try:
@@ -867,7 +1073,7 @@ def serve(
     except BaseException:
         sock.close()
         raise
-    app = create_app(workers, max_chars, max_items, api_key, max_queue=max_queue)
+    app = create_app(workers, max_chars, max_items, api_key, max_queue=max_queue, cors_origins=cors_origins)
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["loggers"]["mt"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
     config = uvicorn.Config(
