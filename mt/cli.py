@@ -336,13 +336,13 @@ def evaluate_cli(
         print_scores(results, tested, f"beam{beam}+lp{length_penalty}+{precision}+{splitting}")
 
 
-def _load_translator(model: list[Path] | None, device: Device, quantize: bool | None):
-    """The translator of `--model` (the shipped de-en by default), set up for inference."""
+def _load_translator(model: list[Path] | None, device: Device, quantize: bool | None, to: str | None = None):
+    """The translator of `--model` (the shipped de-en by default; mt.routing for --to), set up for inference."""
+    from mt.routing import load_translator
     from mt.runtime import for_inference, resolve_device
-    from mt.translator import Translator
 
     for_inference()
-    return Translator.from_checkpoints(model or [DEFAULT_MODEL], resolve_device(device), quantize)
+    return load_translator(model, resolve_device(device), quantize, to)
 
 
 @app.command("translate")
@@ -350,6 +350,7 @@ def _load_translator(model: list[Path] | None, device: Device, quantize: bool | 
 def translate_cli(
     text: Annotated[list[str] | None, typer.Argument(help="Sentences to translate; without them, read stdin.")] = None,
     model: ModelOption = None,
+    to: Annotated[str | None, typer.Option(help="Into this language, each text from its detected language.")] = None,
     input: Annotated[Path | None, typer.Option("--input", "-i", help="Translate this file (.gz; - is stdin).")] = None,
     output: Annotated[
         Path | None,
@@ -411,7 +412,7 @@ def translate_cli(
     interactive = not text and input is None and sys.stdin.isatty()
     if interactive and (output is not None or output_format != OutputFormat.text):
         interactive = False  # typed lines are a stream like any other: no prompt in the output
-    translator = _load_translator(model, device, quantize)  # torch (seconds): after the checks above
+    translator = _load_translator(model, device, quantize, to)  # torch (seconds): after the checks above
     if alignment and not translator.has_attention:
         raise MTError("--alignment: this model has no attention (train with --attention luong or bahdanau)")
     if interactive:
