@@ -9,6 +9,8 @@ other address (the HTTP clients ignore proxy settings).
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 import json
 import os
 import signal
@@ -239,6 +241,150 @@ def test_health_names_the_models_and_counts_batches(client):
         {"source": "en", "target": "de", "attention": False, "running": True},
     ]
     assert body["batches"] <= body["requests"] and body["pending"] == 0
+
+
+# -- LibreTranslate's ways of sending a request ----------------------------------------
+
+needs_detection = pytest.mark.skipif(
+    importlib.util.find_spec("mt.detect") is None, reason="needs mt/detect.py (language detection)"
+)
+needs_markup = pytest.mark.skipif(importlib.util.find_spec("mt.markup") is None, reason="needs mt/markup.py (HTML)")
+
+
+def test_a_form_is_read_as_utf8_whether_raw_or_percent_encoded(client):
+    text = "€ 42 – ½"  # no letters: comes back unchanged, so any mojibake ("â\x82¬") would show
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    raw = client.post("/translate", content=f"q={text}&source=de&target=en".encode(), headers=form)
+    encoded = client.post("/translate", data={"q": text, "source": "de", "target": "en"})
+    multipart = client.post("/translate", data={"q": text, "source": "de", "target": "en"}, files={"x": b""})
+    assert raw.json() == encoded.json() == multipart.json() == {"translatedText": text}
+    broken = client.post("/translate", content=b"q=\xff&source=de&target=en", headers=form)
+    assert broken.status_code == 400 and broken.json() == {"error": "malformed form body: it is not UTF-8"}
+
+
+def test_fields_in_the_query_string_of_an_empty_post_are_read_as_deep_translator_sends_them(client, reference):
+    text = "Der Hund ist rot ."
+    response = client.post("/translate", params={"q": text, "source": "de", "target": "en", "format": "text"})
+    assert response.json() == {"translatedText": reference["de-en"].translate([text], BEAM5, split=True)[0]}
+
+
+def test_language_codes_are_case_insensitive_and_a_null_format_is_text(client):
+    lower = client.post("/translate", json=GOOD).json()
+    assert client.post("/translate", json={**GOOD, "source": "DE", "target": "En", "format": None}).json() == lower
+
+
+def test_alternatives_beyond_the_beam_widen_it(client, reference, corpus_pairs):
+    text = corpus_pairs[6][0]
+    expected = reference["de-en"].translate_n_best([text], DecodeConfig(beam_size=8), n_best=8, split=True)[0]
+    body = client.post("/translate", json={"q": text, "source": "de", "target": "en", "alternatives": 7}).json()
+    assert body["translatedText"] == expected[0].text
+    assert body["alternatives"] == [candidate.text for candidate in expected[1:]]
+    assert len(set(body["alternatives"]) | {body["translatedText"]}) == len(body["alternatives"]) + 1
+
+
+def test_frontend_settings_and_spec_answer_as_libretranslates(client):
+    settings = client.get("/frontend/settings").json()
+    assert settings["charLimit"] == 300 and settings["apiKeys"] is settings["keyRequired"] is False
+    assert settings["suggestions"] is settings["filesTranslation"] is False and settings["supportedFilesFormat"] == []
+    assert settings["language"]["target"] == {"code": "en", "name": "English"}
+    spec = client.get("/spec").json()
+    assert spec["info"]["title"] == "LibreTranslate"  # what clients (Dialect) check
+    assert {"/translate", "/detect", "/languages", "/frontend/settings"} <= set(spec["paths"])
+
+
+def test_suggestions_and_files_are_refused_as_disabled(client):
+    suggest = client.post("/suggest", data={"q": "Hallo", "s": "Hello", "source": "de", "target": "en"})
+    assert suggest.status_code == 403 and suggest.json() == {"error": "Suggestions are disabled on this server."}
+    upload = client.post("/translate_file", data={"source": "de", "target": "en"}, files={"file": ("a.txt", b"Hallo")})
+    assert upload.status_code == 403 and upload.json() == {"error": "Files translation are disabled on this server."}
+
+
+def test_any_origin_may_call_the_api_by_default_and_preflights_are_answered(client):
+    preflight = client.options(
+        "/translate",
+        headers={
+            "Origin": "https://page.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
+    )
+    assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == "*"
+    assert "POST" in preflight.headers["access-control-allow-methods"]
+    answer = client.post("/translate", json=GOOD, headers={"Origin": "https://page.example"})
+    assert answer.headers["access-control-allow-origin"] == "*"
+
+
+def test_cors_origins_limit_which_pages_may_call(checkpoints):
+    with running(_serve_app(checkpoints, cors_origins=["https://mine.example"])) as url, _client(url) as client:
+        mine = client.get("/languages", headers={"Origin": "https://mine.example"})
+        other = client.get("/languages", headers={"Origin": "https://other.example"})
+    assert mine.headers["access-control-allow-origin"] == "https://mine.example"
+    assert "access-control-allow-origin" not in other.headers
+
+
+def test_connections_to_the_listening_socket_have_tcp_nodelay():
+    async def accepted_nodelay() -> int:
+        sock = listening_socket("127.0.0.1", 0)
+        seen = asyncio.get_running_loop().create_future()
+
+        def connected(reader, writer):
+            seen.set_result(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(connected, sock=sock)
+        async with server:
+            _, writer = await asyncio.open_connection(*sock.getsockname())
+            value = await asyncio.wait_for(seen, 10)
+            writer.close()
+        return value
+
+    assert asyncio.run(accepted_nodelay()) != 0
+
+
+@needs_detection
+def test_detect_names_the_loaded_languages_best_first(client):
+    for response in (
+        client.post("/detect", json={"q": "Zwei Männer sitzen auf einer Bank."}),
+        client.post("/detect", data={"q": "Zwei Männer sitzen auf einer Bank."}),
+    ):
+        found = response.json()
+        assert [guess["language"] for guess in found] == ["de", "en"]
+        assert found[0]["confidence"] > 50 and set(found[0]) == {"language", "confidence"}
+    assert client.post("/detect", json={"q": ""}).json() == {"error": "Invalid request: missing q parameter"}
+
+
+@needs_detection
+def test_source_auto_translates_from_the_detected_language_and_says_which(client, reference):
+    german, english = "Zwei Männer sitzen auf einer Bank.", "Two men are sitting on a bench."
+    body = client.post("/translate", json={"q": german, "source": "auto", "target": "en"}).json()
+    assert body["translatedText"] == reference["de-en"].translate([german], BEAM5, split=True)[0]
+    assert body["detectedLanguage"]["language"] == "de" and body["detectedLanguage"]["confidence"] > 50
+    listed = client.post("/translate", json={"q": [german, german], "source": "auto", "target": "en"}).json()
+    assert listed["detectedLanguage"] == [body["detectedLanguage"]] * 2
+    same = client.post("/translate", json={"q": english, "source": "auto", "target": "en"}).json()
+    assert same["translatedText"] == english and same["detectedLanguage"]["language"] == "en"
+
+
+@needs_markup
+def test_an_html_document_keeps_every_tag_and_attribute_in_order(client):
+    from html.parser import HTMLParser
+
+    class Tags(HTMLParser):
+        def __init__(self, document: str):
+            super().__init__()
+            self.tags: list = []
+            self.feed(document)
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append((tag, attrs))
+
+        def handle_endtag(self, tag):
+            self.tags.append(("/" + tag, []))
+
+    document = '<div id="x"><p class="a b">Der Hund ist <em data-k="1">rot</em> .</p><img src="/i.png" alt=""></div>'
+    body = client.post("/translate", json={**GOOD, "q": document, "format": "html", "alternatives": 2}).json()
+    assert Tags(body["translatedText"]).tags == Tags(document).tags
+    assert body["alternatives"] == []  # as LibreTranslate: none for HTML
 
 
 # -- bad input and limits -------------------------------------------------------
