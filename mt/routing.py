@@ -23,7 +23,7 @@ from mt.tokenizer import TokenizerPair
 from mt.translator import Alignment, Candidate, Translator
 
 # The shipped model of each direction (also what `mt serve` loads by default).
-SHIPPED_MODELS = (DEFAULT_MODEL, DEFAULT_MODEL.parent / "en-de")
+SHIPPED_DIRECTIONS = (DEFAULT_MODEL, DEFAULT_MODEL.parent / "en-de")
 
 
 class AutoSourceTranslator:
@@ -83,7 +83,7 @@ def load_translator(
         return Translator.from_checkpoints(paths or [DEFAULT_MODEL], device, quantize)
     groups: dict[str, list[Path]] = {}  # source language -> its checkpoints
     directions = []
-    for path in paths or SHIPPED_MODELS:
+    for path in paths or SHIPPED_DIRECTIONS:
         info = read_info(path)
         source, target = info.get("source_language"), info.get("target_language")
         directions.append(f"{source or '?'}->{target or '?'}")
