@@ -10,17 +10,16 @@ from __future__ import annotations
 import importlib.util
 import os
 import subprocess
-import sys
 import textwrap
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from html.parser import HTMLParser
 from pathlib import Path
 
 import httpx
 import pytest
+from test_server import _Markup, _start_server_process  # serve() in a subprocess, on a free port
+
+from mt.server import default_models
 
 pytestmark = pytest.mark.slow  # real `mt serve` processes
 
@@ -29,7 +28,6 @@ CLIENTS_PYTHON = ROOT / ".venv" / "clients" / "bin" / "python"  # made by `make 
 KEY = "client-test-key"
 GERMAN = "Zwei Männer sitzen auf einer Bank."
 DOG = "Ein Hund läuft durch den Schnee."
-STARTUP_SECONDS = 180  # two models on a busy 2-core machine
 
 needs_detection = pytest.mark.skipif(
     importlib.util.find_spec("mt.detect") is None, reason="needs mt/detect.py (language detection)"
@@ -43,42 +41,10 @@ class Served:
     key: str | None  # the server's key, None for an open server
 
 
-def _start(arguments: list[str]) -> tuple[subprocess.Popen, str]:
-    """`mt serve --port 0 ARGUMENTS` (the shipped models); returns the process and its URL once it answers."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mt", "serve", "--port", "0", *arguments],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    lines: list[str] = []
-    announced = threading.Event()
-
-    def read() -> None:
-        for line in process.stderr:
-            lines.append(line)
-            if line.startswith("serving "):
-                announced.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    if not announced.wait(STARTUP_SECONDS):
-        process.kill()
-        raise AssertionError("mt serve did not start:\n" + "".join(lines))
-    url = next(line for line in lines if line.startswith("serving ")).split(" on ")[1].split()[0]
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while httpx.get(url + "/health", trust_env=False).status_code != 200:
-        assert time.monotonic() < deadline, "mt serve never became healthy"
-        time.sleep(0.1)
-    return process, url
-
-
 @pytest.fixture(scope="module", params=["open", "with key"])
 def served(request) -> Iterator[Served]:
     key = KEY if request.param == "with key" else None
-    process, url = _start(["--api-key", key] if key else [])
+    process, url, _ = _start_server_process(dict(enumerate(default_models())), api_key=key)
     try:
         yield Served(url, key)
     finally:
@@ -96,26 +62,6 @@ def no_proxy(monkeypatch) -> None:
 def _keyed_only(served: Served) -> None:
     if served.key is None:
         pytest.skip("an open server takes any key")
-
-
-class _Markup(HTMLParser):
-    """The tags (with their attributes) and the text of an HTML document, in order."""
-
-    def __init__(self, document: str):
-        super().__init__(convert_charrefs=True)
-        self.tags: list[tuple[str, list[tuple[str, str | None]]]] = []
-        self.text: list[str] = []
-        self.feed(document)
-        self.close()
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append((tag, attrs))
-
-    def handle_endtag(self, tag):
-        self.tags.append(("/" + tag, []))
-
-    def handle_data(self, data):
-        self.text.append(data)
 
 
 HTML = (
