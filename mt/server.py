@@ -1,11 +1,19 @@
-"""The translation server: a LibreTranslate-compatible JSON API and a web page.
+"""The translation server: a LibreTranslate-compatible API and a web page.
 
-    POST /translate   {"q": str | [str], "source": "de", "target": "en", "alternatives": N}
-                      -> {"translatedText": str | [str], "alternatives": [...]}
+    POST /translate   {"q": str | [str], "source": "de" | "auto", "target": "en", "format": "text" | "html",
+                       "alternatives": N} -> {"translatedText": str | [str], "alternatives": [...],
+                       "detectedLanguage": {"language", "confidence"} (for "auto")}
                       mt's extras, per request: "beam", "scores", "alignment"
+    POST /detect      {"q": str} -> [{"language", "confidence"}] among the loaded models' languages
     GET  /languages   [{"code", "name", "targets"}] of the loaded models
     GET  /health      status, the loaded models and the batching counters
+    GET  /frontend/settings, /spec (OpenAPI)   LibreTranslate's metadata
+    POST /suggest, /translate_file             403: disabled, in LibreTranslate's words
     GET  /            the page (mt/static/)
+
+Requests are read as LibreTranslate reads them: fields from a JSON body, a form or the
+query string; /translate and /detect need the API key when the server has one (`api_key`
+in any of them, or `Authorization: Bearer`), the rest never does.
 
 Every error is a JSON object {"error": "..."}: 4xx for what a client sent
 wrong, 503 (with Retry-After) when a model's queue is full or its worker has
@@ -78,14 +86,11 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from mt import __version__
 from mt.checkpoint import read_info, resolve
 from mt.config import DecodeConfig, MTError
+from mt.detect import detect
 from mt.files import DEFAULT_MODEL
 from mt.translator import Alignment, Translator
 
-try:  # being written by others: the server serves without them until they land
-    from mt.detect import detect
-except ImportError:
-    detect = None  # type: ignore[assignment]
-try:
+try:  # being written: until it lands, the server refuses format "html"
     from mt.markup import translate_html
 except ImportError:
     translate_html = None  # type: ignore[assignment]
@@ -655,7 +660,7 @@ def _check_request(body: TranslateRequest, state: State) -> None:
             raise HTTPException(400, f"Invalid request: request ({size}) exceeds text limit ({limit})")
     if body.alternatives > MAX_ALTERNATIVES:
         raise HTTPException(400, f"Invalid request: alternatives parameter must be <= {MAX_ALTERNATIVES}")
-    known = {code for pair in state.workers for code in pair} | ({"auto"} if detect else set())
+    known = {code for pair in state.workers for code in pair} | {"auto"}
     for code in (body.source, body.target):
         if code not in known or code == body.target == "auto":
             raise HTTPException(400, f"{code} is not supported")
@@ -694,8 +699,7 @@ async def _detected(texts: list[str], state: State) -> list[DetectedLanguage]:
     all of them, as LibreTranslate makes); run in a thread, off the event loop."""
     languages = sorted({code for pair in state.workers for code in pair})
     found = await asyncio.to_thread(detect, "\n".join(texts), languages)
-    guesses = [DetectedLanguage(language=code, confidence=confidence) for code, confidence in found]
-    return guesses or [DetectedLanguage(language=languages[0], confidence=0.0)]
+    return [DetectedLanguage(language=code, confidence=confidence) for code, confidence in found]
 
 
 async def _client_gone(request: Request) -> None:
@@ -762,8 +766,6 @@ async def detect_language(request: Request, data: Annotated[Any, Depends(request
     texts = _validated(data, TextsRequest).texts
     if not "".join(texts):
         raise HTTPException(400, "Invalid request: missing q parameter")
-    if detect is None:
-        raise HTTPException(400, "language detection is not available on this server")
     return await _detected(texts, request.app.state)
 
 
@@ -807,7 +809,7 @@ async def health(request: Request) -> JSONResponse:
 async def frontend_settings(request: Request) -> dict[str, Any]:
     """LibreTranslate's settings for its page, which clients read to learn the limits and whether a key is needed."""
     state = request.app.state
-    source, target = next(iter(state.workers))
+    target = next(iter(state.workers))[1]
     keyed_server = state.api_key is not None
     return {
         "charLimit": state.max_chars,
@@ -818,7 +820,7 @@ async def frontend_settings(request: Request) -> dict[str, Any]:
         "filesTranslation": False,
         "supportedFilesFormat": [],
         "language": {
-            "source": {"code": "auto", "name": "Auto Detect"} if detect else _named(source),
+            "source": {"code": "auto", "name": "Auto Detect"},
             "target": _named(target),
         },
     }

@@ -29,9 +29,6 @@ KEY = "client-test-key"
 GERMAN = "Zwei Männer sitzen auf einer Bank."
 DOG = "Ein Hund läuft durch den Schnee."
 
-needs_detection = pytest.mark.skipif(
-    importlib.util.find_spec("mt.detect") is None, reason="needs mt/detect.py (language detection)"
-)
 needs_markup = pytest.mark.skipif(importlib.util.find_spec("mt.markup") is None, reason="needs mt/markup.py (HTML)")
 
 
@@ -81,7 +78,6 @@ def test_libretranslatepy_translates_lists_languages_and_detects(served):
     assert [(language["code"], language["targets"]) for language in api.languages()] == [("de", ["en"]), ("en", ["de"])]
 
 
-@needs_detection
 def test_libretranslatepy_detects(served):
     from libretranslatepy import LibreTranslateAPI
 
@@ -118,7 +114,6 @@ def test_deep_translator_translates_a_text_and_a_batch(served):
     assert "bench" in first and "dog" in second.lower()
 
 
-@needs_detection
 def test_deep_translator_translates_from_auto(served):
     assert "bench" in _deep(served, "auto").translate(GERMAN)
 
@@ -153,7 +148,6 @@ def test_libretranslate_aio_translates_a_string_a_list_and_alternatives(aio):
     assert all("bench" in alternative for alternative in answer.alternatives)
 
 
-@needs_detection
 def test_libretranslate_aio_translates_from_auto_and_detects(aio):
     answer = aio.translate(GERMAN, "auto", "en")
     assert "bench" in answer.translated_text
@@ -225,7 +219,6 @@ def test_translate_translates_from_german(served):
     assert "bench" in _translate_client(served, "de", served.key)
 
 
-@needs_detection
 def test_translate_translates_from_its_default_autodetect(served):
     assert "bench" in _translate_client(served, "", served.key)
 

@@ -246,9 +246,6 @@ def test_health_names_the_models_and_counts_batches(client):
 
 # -- LibreTranslate's ways of sending a request ----------------------------------------
 
-needs_detection = pytest.mark.skipif(
-    importlib.util.find_spec("mt.detect") is None, reason="needs mt/detect.py (language detection)"
-)
 needs_markup = pytest.mark.skipif(importlib.util.find_spec("mt.markup") is None, reason="needs mt/markup.py (HTML)")
 
 
@@ -342,7 +339,6 @@ def test_connections_to_the_listening_socket_have_tcp_nodelay():
     assert asyncio.run(accepted_nodelay()) != 0
 
 
-@needs_detection
 def test_detect_names_the_loaded_languages_best_first(client):
     for response in (
         client.post("/detect", json={"q": "Zwei Männer sitzen auf einer Bank."}),
@@ -354,7 +350,6 @@ def test_detect_names_the_loaded_languages_best_first(client):
     assert client.post("/detect", json={"q": ""}).json() == {"error": "Invalid request: missing q parameter"}
 
 
-@needs_detection
 def test_source_auto_translates_from_the_detected_language_and_says_which(client, reference):
     german, english = "Zwei Männer sitzen auf einer Bank.", "Two men are sitting on a bench."
     body = client.post("/translate", json={"q": german, "source": "auto", "target": "en"}).json()
