@@ -29,14 +29,14 @@ within `request_timeout` seconds (`_RequestDeadline`).
 Cross-request batching: each model has one asyncio task that drains its queue.
 It takes every request queued for the model, waiting up to `batch_wait_ms` for
 more to arrive after the first, and translates the texts of all requests with
-the same beam in one call of `Translator.translate_n_best`, run in a thread
-(`asyncio.to_thread`) so that the event loop never runs the model. A model's
-task awaits one call before it starts the next: its Translator is used by one
-thread at a time.
+the same beam in one call of `Translator.translate_n_best` (HTML documents: one
+`mt.markup.translate_html` call each), run in a thread (`asyncio.to_thread`) so
+that the event loop never runs the model. A model's task awaits one call before
+it starts the next: its Translator is used by one thread at a time.
 
 The handlers live at module level and read the app's settings from
 `request.app.state` (set by `create_app`): `workers` (by direction),
-`max_chars`, `max_items`, `max_cost`, `max_queue` and `api_key`.
+`max_chars`, `max_items`, `max_cost`, `max_queue`, `api_key` and `formats`.
 """
 
 from __future__ import annotations
