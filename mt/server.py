@@ -36,7 +36,7 @@ it starts the next: its Translator is used by one thread at a time.
 
 The handlers live at module level and read the app's settings from
 `request.app.state` (set by `create_app`): `workers` (by direction),
-`max_chars`, `max_items`, `max_cost`, `max_queue`, `api_key` and `formats`.
+`max_chars`, `max_items`, `max_cost`, `max_queue` and `api_key`.
 """
 
 from __future__ import annotations
@@ -88,17 +88,14 @@ from mt.checkpoint import read_info, resolve
 from mt.config import DecodeConfig, MTError
 from mt.detect import detect
 from mt.files import DEFAULT_MODEL
+from mt.markup import translate_html
 from mt.translator import Alignment, Translator
-
-try:  # being written: until it lands, the server refuses format "html"
-    from mt.markup import translate_html
-except ImportError:
-    translate_html = None  # type: ignore[assignment]
 
 logger = logging.getLogger("mt.server")
 
 STATIC = Path(__file__).resolve().parent / "static"
 SERVER_MAX_BEAM = 16  # a request's widest beam (the CLI allows mt.config.MAX_BEAM)
+FORMATS = ("text", "html")  # LibreTranslate's
 MAX_ALTERNATIVES = SERVER_MAX_BEAM - 1  # alternatives widen the beam up to SERVER_MAX_BEAM
 FRONTEND_TIMEOUT_MS = 500  # /frontend/settings: how long LibreTranslate's page waits after typing
 CORS_MAX_AGE = 20 * 24 * 3600  # how long browsers may keep a preflight's answer (LibreTranslate's 20 days)
@@ -664,7 +661,7 @@ def _check_request(body: TranslateRequest, state: State) -> None:
     for code in (body.source, body.target):
         if code not in known or code == body.target == "auto":
             raise HTTPException(400, f"{code} is not supported")
-    if body.format not in state.formats:
+    if body.format not in FORMATS:
         raise HTTPException(400, f"{body.format} format is not supported")
 
 
@@ -874,7 +871,6 @@ def create_app(
     app.state.workers = {(worker.source, worker.target): worker for worker in workers}
     app.state.max_chars, app.state.max_items, app.state.api_key = max_chars, max_items, api_key
     app.state.max_queue, app.state.max_cost = max_queue, max_cost or COST_PER_CHAR * max_chars
-    app.state.formats = ("text", "html") if translate_html else ("text",)
     app.add_middleware(_BodyLimit, limit=max_body_bytes or 16_384 + 12 * max_chars)
     app.add_middleware(
         CORSMiddleware,

@@ -7,7 +7,6 @@ environment of its own (`make test` makes .venv/clients) through a small script.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import textwrap
@@ -28,8 +27,6 @@ CLIENTS_PYTHON = ROOT / ".venv" / "clients" / "bin" / "python"  # made by `make 
 KEY = "client-test-key"
 GERMAN = "Zwei Männer sitzen auf einer Bank."
 DOG = "Ein Hund läuft durch den Schnee."
-
-needs_markup = pytest.mark.skipif(importlib.util.find_spec("mt.markup") is None, reason="needs mt/markup.py (HTML)")
 
 
 @dataclass(frozen=True)
@@ -155,7 +152,6 @@ def test_libretranslate_aio_translates_from_auto_and_detects(aio):
     assert aio.detect("Two men are sitting on a bench.")[0].language == "en"
 
 
-@needs_markup
 def test_libretranslate_aio_translates_html_and_keeps_every_tag_and_attribute_in_order(aio):
     translated = aio.translate(HTML, "de", "en", format="html").translated_text
     assert _Markup(translated).tags == _Markup(HTML).tags

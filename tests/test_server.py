@@ -10,7 +10,6 @@ other address (the HTTP clients ignore proxy settings).
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import signal
@@ -246,8 +245,6 @@ def test_health_names_the_models_and_counts_batches(client):
 
 # -- LibreTranslate's ways of sending a request ----------------------------------------
 
-needs_markup = pytest.mark.skipif(importlib.util.find_spec("mt.markup") is None, reason="needs mt/markup.py (HTML)")
-
 
 def test_a_form_is_read_as_utf8_whether_raw_or_percent_encoded(client):
     text = "€ 42 – ½"  # no letters: comes back unchanged, so any mojibake ("â\x82¬") would show
@@ -381,7 +378,6 @@ class _Markup(HTMLParser):
         self.text.append(data)
 
 
-@needs_markup
 def test_an_html_document_keeps_every_tag_and_attribute_in_order(client):
     document = '<div id="x"><p class="a b">Der Hund ist <em data-k="1">rot</em> .</p><img src="/i.png" alt=""></div>'
     body = client.post("/translate", json={**GOOD, "q": document, "format": "html", "alternatives": 2}).json()
