@@ -66,8 +66,8 @@ HTML = (
 # -- libretranslatepy 2.1.4 -------------------------------------------------------------
 
 
-def test_libretranslatepy_translates_lists_languages_and_detects(served):
-    from libretranslatepy import LibreTranslateAPI
+def test_libretranslatepy_translates_and_lists_languages(served):
+    LibreTranslateAPI = pytest.importorskip("libretranslatepy").LibreTranslateAPI
 
     api = LibreTranslateAPI(served.url, served.key)
     assert "bench" in api.translate(GERMAN, "de", "en")
@@ -76,7 +76,7 @@ def test_libretranslatepy_translates_lists_languages_and_detects(served):
 
 
 def test_libretranslatepy_detects(served):
-    from libretranslatepy import LibreTranslateAPI
+    LibreTranslateAPI = pytest.importorskip("libretranslatepy").LibreTranslateAPI
 
     found = LibreTranslateAPI(served.url, served.key).detect(GERMAN)
     assert found[0]["language"] == "de" and found[0]["confidence"] > 50
@@ -85,7 +85,7 @@ def test_libretranslatepy_detects(served):
 def test_libretranslatepy_with_a_wrong_key_is_refused(served):
     import urllib.error
 
-    from libretranslatepy import LibreTranslateAPI
+    LibreTranslateAPI = pytest.importorskip("libretranslatepy").LibreTranslateAPI
 
     _keyed_only(served)
     for call in (lambda api: api.translate(GERMAN, "de", "en"), lambda api: api.detect(GERMAN)):
@@ -98,7 +98,7 @@ def test_libretranslatepy_with_a_wrong_key_is_refused(served):
 
 
 def _deep(served: Served, source: str, key: str | None = None):
-    from deep_translator import LibreTranslator
+    LibreTranslator = pytest.importorskip("deep_translator").LibreTranslator
 
     # deep-translator demands a key even for an open server; it sends its fields in the query string
     key = key or served.key or "unused"
@@ -116,7 +116,7 @@ def test_deep_translator_translates_from_auto(served):
 
 
 def test_deep_translator_with_a_wrong_key_is_refused(served):
-    from deep_translator.exceptions import AuthorizationException
+    AuthorizationException = pytest.importorskip("deep_translator.exceptions").AuthorizationException
 
     _keyed_only(served)
     with pytest.raises(AuthorizationException):
@@ -128,7 +128,7 @@ def test_deep_translator_with_a_wrong_key_is_refused(served):
 
 @pytest.fixture
 def aio(served):
-    from libretranslate_aio import LibreTranslate
+    LibreTranslate = pytest.importorskip("libretranslate_aio").LibreTranslate
 
     with httpx.Client(base_url=served.url, trust_env=False, timeout=120) as client:
         yield LibreTranslate(served.url, api_key=served.key, client=client)
@@ -168,8 +168,8 @@ def test_libretranslate_aio_reads_the_languages_settings_and_health(aio, served)
 
 
 def test_libretranslate_aio_with_a_wrong_key_is_refused(served):
-    from libretranslate_aio import LibreTranslate
-    from libretranslate_aio.exceptions import ForbiddenError
+    LibreTranslate = pytest.importorskip("libretranslate_aio").LibreTranslate
+    ForbiddenError = pytest.importorskip("libretranslate_aio.exceptions").ForbiddenError
 
     _keyed_only(served)
     with httpx.Client(base_url=served.url, trust_env=False, timeout=120) as client:
