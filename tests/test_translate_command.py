@@ -365,7 +365,8 @@ def test_input_and_output_files_translate_line_by_line_and_report_progress(model
 
 
 @pytest.mark.slow
-def test_ctrl_c_leaves_no_output_file_and_an_old_one_untouched(model, corpus_pairs, tmp_path):
+@pytest.mark.parametrize(("stop", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_leaves_no_output_file_and_an_old_one_untouched(model, corpus_pairs, tmp_path, stop, status):
     source = _write_lines(tmp_path / "in.de", _sentences(corpus_pairs, 200_000))
     target = tmp_path / "out.en"
     target.write_text("the previous translation\n")
@@ -373,32 +374,15 @@ def test_ctrl_c_leaves_no_output_file_and_an_old_one_untouched(model, corpus_pai
     try:
         first = process.stderr.readline().decode()  # the first progress line: translating is under way
         assert first.startswith("translated 1,000/200,000"), first
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=STARTUP_SECONDS) == 130
+        process.send_signal(stop)
+        assert process.wait(timeout=STARTUP_SECONDS) == status
     finally:
         process.kill()
         process.wait()
     rest = process.stderr.read().decode()
     assert "Traceback" not in rest and f"{target} was not written" in rest
     assert target.read_text() == "the previous translation\n"
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["in.de", "out.en"]
-
-
-@pytest.mark.slow
-def test_sigterm_while_writing_an_output_file_leaves_no_temporary_file(model, corpus_pairs, tmp_path):
-    source = _write_lines(tmp_path / "in.de", _sentences(corpus_pairs, 200_000))
-    target = tmp_path / "out.en"
-    process = start_mt("translate", "-m", model, "--beam", "1", "--buffer-size", "100", "-i", source, "-o", target)
-    try:
-        first = process.stderr.readline().decode()  # the first progress line: the output is being written
-        assert first.startswith("translated 1,000/200,000"), first
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=STARTUP_SECONDS) == 143
-    finally:
-        process.kill()
-        process.wait()
-    assert "Traceback" not in process.stderr.read().decode()
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["in.de"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["in.de", "out.en"]  # no temporary file left
 
 
 # -- machine-readable output ---------------------------------------------------------------
