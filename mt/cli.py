@@ -31,7 +31,7 @@ from mt.config import (
     TrainConfig,
 )
 from mt.console import print_compare_table, print_scores, stderr_console
-from mt.files import DEFAULT_MODEL, language_of, test_set_files, translation_files, write_atomic
+from mt.files import DEFAULT_MODEL, evaluation_files, language_of, translation_files, write_atomic
 
 app = typer.Typer(
     name="mt",
@@ -316,7 +316,7 @@ def evaluate_cli(
     systems = [models] if ensemble or len(models) == 1 else [[path] for path in models]
     if output is not None and len(systems) > 1:
         raise MTError("--output holds the translations of one model; give one --model (or --ensemble)")
-    sources, references, output = test_set_files(src, ref, output)
+    sources, references, output = evaluation_files(src, ref, output)
     from mt.checkpoint import check_directions  # torch (seconds): after the checks above
     from mt.evaluate import json_report, report
 

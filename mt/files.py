@@ -69,7 +69,7 @@ def output_path(path: Path | None, inputs: dict[str, Path]) -> Path | None:
     return target
 
 
-def test_set_files(src: Path, ref: Path, output: Path | None) -> tuple[list[str], list[str], Path | None]:
+def evaluation_files(src: Path, ref: Path, output: Path | None) -> tuple[list[str], list[str], Path | None]:
     """`mt evaluate`'s sources and references, read, and its --output, checked before any
     work: one reference per source, at least one, and an output that is neither."""
     check_input_file("--src", src)
@@ -91,7 +91,7 @@ def translation_files(
     if text == ["-"]:  # the usual name of standard input
         text = None
     for number, argument in enumerate(text or [], start=1):
-        if not argument.isascii() and not _is_utf8(argument):
+        if not _is_utf8(argument):
             raise MTError(f"argument {number} is not valid UTF-8 text")
     if text and input is not None:
         raise MTError("give the sentences as arguments or with --input, not both")
