@@ -30,7 +30,7 @@ from mt.config import (
     SubwordModel,
     TrainConfig,
 )
-from mt.console import print_compare_table, print_scores, stderr_console
+from mt.console import print_compare_table, print_scores, quiet_library_progress, stderr_console
 from mt.files import DEFAULT_MODEL, evaluation_files, language_of, translation_files, write_atomic
 
 app = typer.Typer(
@@ -158,11 +158,11 @@ def train_tokenizer_cli(
     from mt.data import train_tokenizers
 
     output = output or Path("data/tokenizers") / f"{src}-{tgt}"
+    quiet_library_progress(stderr_console())
     tokenizers = train_tokenizers(train, src, tgt, vocab_size, model_type.value, joint, max_sentences, seed)
     tokenizers.save(output)
-    kind = "joint" if joint else "separate"
-    sizes = f"{tokenizers.source.vocab_size} / {tokenizers.target.vocab_size}"
-    typer.echo(f"wrote {kind} {model_type.value} tokenizers ({sizes} pieces) to {output}", err=True)
+    kind, pieces = f"{'joint' if joint else 'separate'} {model_type.value}", tokenizers.source.vocab_size
+    typer.echo(f"wrote {kind} tokenizers ({pieces} / {tokenizers.target.vocab_size} pieces) to {output}", err=True)
 
 
 @app.command("train")

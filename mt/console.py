@@ -65,15 +65,21 @@ def validation_line(record: dict[str, Any]) -> str:
     )
 
 
+def quiet_library_progress(console: Console) -> None:
+    """Keep a log (a console that is not a terminal) free of the corpus readers'
+    (`datasets`') progress-bar redraws."""
+    if not console.is_terminal:
+        import datasets
+
+        datasets.disable_progress_bars()
+
+
 class TrainingProgress(Progress):
     """The trainer's reporter (`mt.train.Reporter`) for a person: a progress bar on a
     terminal (loss, tokens/s, ETA), a line every 100 updates in a log, and each validation as a line."""
 
     def __init__(self, console: Console):
-        if not console.is_terminal:  # keep logs free of the corpus readers' progress-bar redraws
-            import datasets
-
-            datasets.disable_progress_bars()
+        quiet_library_progress(console)
         columns = (TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
         super().__init__(
             *columns,
