@@ -305,25 +305,43 @@ def cold_start(model: str, sentence: str, runs: int) -> float:
     return statistics.median(times)
 
 
+# CPU flags that decide which kernels run: AVX2/AVX-512 for fp32, VNNI for int8, AVX512-BF16 and AMX for bf16.
+KERNEL_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+
+
 def machine() -> dict:
+    """The CPU (model and the flags that choose kernels), torch's ATen capability, oneDNN's
+    ISA (from its verbose log, in a process of its own) and the int8 engine; `kind` names
+    the CPU in one line for each row of the table."""
     import torch
 
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
+    info = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), platform.processor())
+    flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
+    kernels = [flag for flag in KERNEL_FLAGS if flag in flags]
+    amx = "AMX" if "amx_bf16" in kernels else "no AMX"
     return {
         "cpu": cpu,
+        "kind": f"{cpu} ({', '.join(f for f in kernels if not f.startswith('amx')) or 'no AVX2'}; {amx})",
+        "flags": kernels,
+        "aten_capability": torch.backends.cpu.get_cpu_capability(),
+        "onednn_isa": onednn_isa(),
+        "quantized_engine": torch.backends.quantized.engine,
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
+
+
+def onednn_isa() -> str:
+    """The instruction set oneDNN says it runs on, from the first line of its verbose log."""
+    code = "import torch; torch.backends.mkldnn.enabled = True; torch.nn.LSTM(4, 4)(torch.zeros(2, 1, 4))"
+    found = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, "ONEDNN_VERBOSE": "1"}, capture_output=True, text=True
+    )
+    return next((line.split("isa:", 1)[1] for line in found.stdout.splitlines() if "isa:" in line), "unknown")
 
 
 def table(results: dict) -> str:
@@ -367,7 +385,9 @@ def table(results: dict) -> str:
         f"| int8 speed-up, greedy / beam 5 | {results['greedy']['seconds'] / results['greedy_int8']['seconds']:.2f}x / {results['beam5']['seconds'] / results['beam5_int8']['seconds']:.2f}x |",
         f'| cold `mt translate "..."` (new process, median of {results["cold_runs"]}) | {results["cold_start_seconds"]:.2f} s |',
     ]
-    return "\n".join(rows)
+    header, rule, *measured = rows
+    kind = results["machine"]["kind"]
+    return "\n".join([f"{header} CPU |", f"{rule}---|", *(f"{row} {kind} |" for row in measured)])
 
 
 @app.command()
@@ -441,8 +461,10 @@ def main(
     results["cold_start_seconds"] = cold_start(model, "Ein Mann fährt mit dem Fahrrad.", cold_runs)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2) + "\n")
+    facts = results["machine"]
     print(
-        f"{results['machine']['cpu']}, {results['machine']['cores']} cores, torch {results['machine']['torch']}, {results['machine']['date']}"
+        f"{facts['cpu']}, {facts['cores']} cores, flags {' '.join(facts['flags'])}, ATen {facts['aten_capability']}, "
+        f"oneDNN {facts['onednn_isa']}, int8 engine {facts['quantized_engine']}, torch {facts['torch']}, {facts['date']}"
     )
     print(table(results))
     print(f"results: {output}")
