@@ -78,6 +78,11 @@ def test_benchmark_runs_on_a_tiny_slice_and_reports_every_measurement(
     assert all(math.isfinite(number) and number >= 0 for number in _numbers(results))
     assert results["training"]["updates"] >= 1 and results["cold_start_seconds"] > 0
     assert "| training speed-up over the textbook loop |" in result.stdout
+    # the CPU it ran on, in the results and in every row of the table
+    facts = results["machine"]
+    assert facts["cpu"] and facts["aten_capability"] and facts["onednn_isa"] and facts["quantized_engine"]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert rows and all(row.endswith(f" {facts['kind']} |") for row in rows)
 
 
 def test_a_phase_runs_in_a_process_of_its_own_and_reports_its_peak_memory(benchmark):
