@@ -70,7 +70,7 @@ ModelOption = Annotated[
         "--model",
         "-m",
         help="Checkpoint file or directory; repeat for an ensemble of models that share one tokenizer. "
-        "[default: the shipped checkpoints/de-en]",
+        "[default: the shipped checkpoints/de-en; with --to, de-en and en-de]",
     ),
 ]
 BeamOption = Annotated[int, typer.Option("--beam", "-b", help="Beam size; 1 is greedy search.")]
