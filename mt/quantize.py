@@ -130,12 +130,16 @@ class Int8RNN(UnrolledRNN):
         return outputs * alive[:, :, None], outputs[rows, last], final_C
 
 
+# torch's int8 engines that have the kernel `Int8Linear` needs ("onednn" has not, in torch 2.13).
+INT8_ENGINES = ("x86", "fbgemm")
+
+
 def int8_by_default(device: torch.device) -> bool:
     """Whether translation on `device` runs in int8 unless told otherwise: on x86 CPUs
     (torch's int8 engine "x86" or "fbgemm"), where beam 5 measured 1.3-2.4x faster than
     fp32 with BLEU equal within 0.3 (docs/benchmarks.md); not on GPUs, nor on ARM
     CPUs (engine "qnnpack": not measured)."""
-    return device.type == "cpu" and torch.backends.quantized.engine in ("x86", "fbgemm")
+    return device.type == "cpu" and torch.backends.quantized.engine in INT8_ENGINES
 
 
 def quantize_int8(model: Seq2Seq) -> Seq2Seq:

@@ -9,7 +9,7 @@ import torch
 from helpers import scramble
 
 from mt.model import EncoderOutput
-from mt.quantize import Int8Linear, Int8RNN, int8_by_default, quantize_int8
+from mt.quantize import INT8_ENGINES, Int8Linear, Int8RNN, int8_by_default, quantize_int8
 
 
 def test_int8_is_the_default_on_x86_cpus_only(monkeypatch):
@@ -44,11 +44,16 @@ def test_int8_covers_a_tied_output_layer(make_model, make_sources):
     assert (logits - expected).abs().max() < 0.05 * expected.abs().max()
 
 
-def test_int8_logits_of_a_sentence_are_the_same_alone_and_in_any_batch(architecture, make_model, make_sources):
+@pytest.mark.parametrize("engine", [e for e in INT8_ENGINES if e in torch.backends.quantized.supported_engines])
+def test_int8_logits_of_a_sentence_are_the_same_alone_and_in_any_batch(
+    engine, architecture, make_model, make_sources, monkeypatch
+):
     """The activation scales are fixed and int8 products are exact, so a sentence's
     logits do not depend on the other sentences or the padding of its batch: a
-    server's batches and `mt translate` give the same translations. (Layer sizes are
-    multiples of 32, as a vectorised CPU kernel then treats every row alike.)"""
+    server's batches and `mt translate` give the same translations, whichever of
+    torch's int8 engines packs the weights. (Layer sizes are multiples of 32, as a
+    vectorised CPU kernel then treats every row alike.)"""
+    monkeypatch.setattr(torch.backends.quantized, "engine", engine)
     model = make_model(**architecture, embedding_size=32, hidden_size=64, tie_embeddings=True)
     model = quantize_int8(scramble(model, seed=2, std=0.1))
     source, lengths = make_sources([3, 9, 5, 7], model.config.src_vocab_size)
