@@ -623,9 +623,9 @@ def _given_key(request: Request, data: Any) -> str | None:
 
 
 async def require_api_key(request: Request, data: Annotated[Any, Depends(request_data)]) -> None:
-    """Dependency of /translate and /detect when the server has a key: without the key, 403,
-    before anything else about the request is checked (a key that is not valid Unicode
-    text: 400). The metadata routes are open, as in LibreTranslate."""
+    """Dependency of /translate and /detect when the server has a key, checked before
+    anything else about the request. As in LibreTranslate: a wrong key is 403, a missing
+    one 400 (as is a key that is not valid Unicode text); the metadata routes are open."""
     expected = request.app.state.api_key
     if expected is None:
         return
@@ -634,8 +634,10 @@ async def require_api_key(request: Request, data: Annotated[Any, Depends(request
         valid = bool(given) and secrets.compare_digest(given.encode(), expected.encode())
     except UnicodeEncodeError:
         raise HTTPException(400, "api_key must be valid Unicode text (it holds an unpaired surrogate)") from None
+    if not given:
+        raise HTTPException(400, "Please contact the server operator to get an API key")
     if not valid:
-        raise HTTPException(403, "Invalid API key" if given else "Please contact the server operator to get an API key")
+        raise HTTPException(403, "Invalid API key")
 
 
 # -- checking requests ---------------------------------------------------------------

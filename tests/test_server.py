@@ -506,7 +506,7 @@ def test_an_api_key_guards_translate_and_detect_and_the_metadata_stays_open(keye
             client.post("/detect", data={"q": "Hallo"}),
             client.post("/translate_file", data={"source": "de", "target": "en"}),
         ):
-            assert response.status_code == 403
+            assert response.status_code == 400  # LibreTranslate's status for a missing key; a wrong one is 403
             assert response.json() == {"error": "Please contact the server operator to get an API key"}
         for response in (
             client.post("/translate", json={**GOOD, "api_key": "wrong"}),
@@ -529,10 +529,11 @@ def test_the_api_key_is_checked_before_the_body_and_a_key_that_is_not_unicode_is
     with _client(keyed_server) as client:
         for content in (b'{"q": ', b"", b"[1, 2]", json.dumps({"q": 5}), json.dumps({**GOOD, "api_key": 5})):
             response = client.post("/translate", content=content, headers=JSON)
-            assert response.status_code == 403, content
+            assert response.status_code == 400, content
             assert "API key" in response.json()["error"]
         broken_form = {"Content-Type": "multipart/form-data"}  # no boundary
-        assert client.post("/translate", content=b"q=Hallo", headers=broken_form).status_code == 403
+        response = client.post("/translate", content=b"q=Hallo", headers=broken_form)
+        assert response.status_code == 400 and "API key" in response.json()["error"]
         keyed = {**JSON, "Authorization": "Bearer s3cret"}
         assert client.post("/translate", content=b'{"q": ', headers=keyed).status_code == 400
         response = client.post("/translate", content=b"q=Hallo", headers={**keyed, **broken_form})
@@ -990,3 +991,20 @@ def test_the_page_translates_as_you_type_and_shows_the_attention_heatmap(browser
     wait.until(lambda d: d.find_element(By.ID, "translation").text == expected[1])
     assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
     assert browser.find_element(By.CSS_SELECTOR, "label[for=text]").text == "Text"
+
+
+@pytest.mark.slow
+def test_the_page_asks_for_the_key_of_a_keyed_server_and_translates_with_it(browser, keyed_server):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 30)
+    browser.get(keyed_server + "/")
+    wait.until(lambda d: d.find_element(By.ID, "key-row").is_displayed())
+    wait.until(lambda d: "needs an API key" in d.find_element(By.ID, "status").text)
+    browser.find_element(By.ID, "text").send_keys("Hallo")
+    wait.until(lambda d: "contact the server operator" in d.find_element(By.ID, "status").text)
+    browser.find_element(By.ID, "api-key").send_keys("s3cret")
+    browser.find_element(By.ID, "form").submit()
+    wait.until(lambda d: d.find_element(By.ID, "translation").text)
+    assert browser.find_element(By.ID, "status").text == ""

@@ -10,8 +10,8 @@ let timer = null;     // the pending debounced translation
 let inFlight = null;  // AbortController of the request under way
 let latest = 0;       // number of the newest request: older answers are dropped
 
-function headers(json) {
-  const result = json ? { "Content-Type": "application/json" } : {};
+function headers() {
+  const result = { "Content-Type": "application/json" };
   const key = $("api-key").value.trim();
   if (key) result.Authorization = "Bearer " + key;
   return result;
@@ -31,11 +31,10 @@ async function errorOf(response) {
 }
 
 async function loadLanguages() {
-  const response = await fetch("/languages", { headers: headers(false) });
-  if (response.status === 403) {
+  const [settings, response] = await Promise.all([fetch("/frontend/settings"), fetch("/languages")]);
+  if (settings.ok && (await settings.json()).keyRequired) {
     $("key-row").hidden = false;
-    showStatus("This server needs an API key: enter it above.", true);
-    return;
+    if (!$("api-key").value.trim()) showStatus("This server needs an API key: enter it above.", true);
   }
   if (!response.ok) {
     showStatus("Could not load the languages: " + (await errorOf(response)), true);
@@ -45,7 +44,7 @@ async function loadLanguages() {
   const source = $("source");
   source.replaceChildren(...languages.filter((l) => l.targets.length).map((l) => new Option(l.name, l.code)));
   fillTargets();
-  showStatus("");
+  if ($("key-row").hidden || $("api-key").value.trim()) showStatus("");
 }
 
 function fillTargets() {
@@ -98,11 +97,10 @@ async function translateNow() {
   showStatus("Translating…");
   try {
     const response = await fetch("/translate", {
-      method: "POST", headers: headers(true), body: JSON.stringify(body), signal: inFlight.signal,
+      method: "POST", headers: headers(), body: JSON.stringify(body), signal: inFlight.signal,
     });
     if (number !== latest) return;
     if (!response.ok) {
-      if (response.status === 403) $("key-row").hidden = false;
       showStatus(await errorOf(response), true);
       return;
     }
@@ -180,6 +178,6 @@ document.addEventListener("DOMContentLoaded", () => {
   $("target").addEventListener("change", () => { $("swap").disabled = !canSwap(); translateNow(); });
   $("alternatives").addEventListener("change", translateNow);
   $("swap").addEventListener("click", swap);
-  $("api-key").addEventListener("change", loadLanguages);
+  $("api-key").addEventListener("change", translateNow);
   loadLanguages().catch((error) => showStatus("The server did not answer: " + error.message, true));
 });
