@@ -15,6 +15,14 @@
 #   ONLY=en-de MINUTES=2.8 bash bench/gpu_train.sh  (the en-de runs alone)
 #   ONLY=speed MINUTES=6 bash bench/gpu_train.sh    (the default de-en attention model alone,
 #       --bf16, validating every 100 updates: tokens/s and time to BLEU on one GPU)
+#   ONLY=news MINUTES=5 bash bench/gpu_train.sh     (issue 27: general models on Tatoeba + Multi30k +
+#       the general corpora, from scratch, with the tokenizer (8,000 / 16,000 pieces), size (hidden
+#       448 / 640) and mixture (dictionary and STS folders or not) ablations, beside the shipped
+#       models trained on with the same mixture; chosen on the mean of newstest2012, Tatoeba dev and
+#       Multi30k val at beam 5. `bash bench/gpu_prepare.sh` first makes .whl/ and .devdata/; then
+#       the device tool: run(command="ONLY=news MINUTES=4.5 bash bench/gpu_train.sh",
+#       carry=[".whl", ".devdata"], timeout_s=600). Tried end to end on the CPU with 300-pair
+#       corpora: DEVICE=cpu SKIP_DEPS=1 MINUTES=0.3 VALIDATE_EVERY=3 with python3 from .venv)
 # It writes to $OUT (default: gpu-out/): logs.tar.gz and the chosen models split in
 # 15 MB parts (join with `cat NAME.part-* > model.safetensors`).
 set -u
@@ -40,8 +48,8 @@ LOGGER=$!
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; python3 -c "import torch, datasets; print('torch', torch.__version__, 'datasets', datasets.__version__, 'cuda', torch.cuda.is_available())"; nproc; } | tee logs/machine.txt
 
 # -- tokenizers (joint unigram, 8000 pieces); the general models bring theirs
-case "${ONLY:-}" in en-de|general|continue) ;; *) $MT train-tokenizer --train $DATA/train --src de --tgt en --vocab-size ${VOCAB:-8000} --output data/tokenizers/de-en 2>&1 | tee logs/tokenizer-de-en.txt;; esac
-case "${ONLY:-}" in speed|general|continue) ;; *) $MT train-tokenizer --train $DATA/train --src en --tgt de --vocab-size ${VOCAB:-8000} --output data/tokenizers/en-de 2>&1 | tee logs/tokenizer-en-de.txt;; esac
+case "${ONLY:-}" in en-de|general|continue|news) ;; *) $MT train-tokenizer --train $DATA/train --src de --tgt en --vocab-size ${VOCAB:-8000} --output data/tokenizers/de-en 2>&1 | tee logs/tokenizer-de-en.txt;; esac
+case "${ONLY:-}" in speed|general|continue|news) ;; *) $MT train-tokenizer --train $DATA/train --src en --tgt de --vocab-size ${VOCAB:-8000} --output data/tokenizers/en-de 2>&1 | tee logs/tokenizer-en-de.txt;; esac
 
 COMMON="--train $DATA/train --valid $DATA/val --device $DEVICE --epochs 60 --patience 8 --max-minutes $MINUTES --share-embeddings"
 ATT="--attention luong --bidirectional --hidden-size 448"
@@ -70,6 +78,23 @@ elif [ "${ONLY:-}" = continue ]; then  # the shipped general models, a fresh opt
       run $1-$2-continued-lr$lr --train $TATOEBA/train --train $DATA/train:3 --src $1 --tgt $2 \
         --init-from checkpoints/$1-$2/model.safetensors --warmup-steps 50 --lr $lr $GENERAL
     done
+  done
+elif [ "${ONLY:-}" = news ]; then  # issue 27: six runs from scratch and two continued, side by side
+  MIX="--train $TATOEBA/train --train $DATA/train --train .devdata/general/news/train:2
+    --train .devdata/general/wiki/train:2 --train .devdata/general/web/train:2
+    --train .devdata/general/europarl/train --train .devdata/general/chat/train"
+  SMALL="--train .devdata/general/dictionary-sentences/train --train .devdata/general/sts/train"
+  NEWS="--valid .devdata/news/newstest2012 $GENERAL --validate-every ${VALIDATE_EVERY:-1000}"
+  run de-en-news-8k        $MIX $SMALL --src de --tgt en --attention bahdanau --tokenizer .devdata/tokenizers/news-8000 $NEWS
+  run de-en-news-16k       $MIX $SMALL --src de --tgt en --attention bahdanau --tokenizer .devdata/tokenizers/news-16000 $NEWS
+  run de-en-news-16k-h640  $MIX $SMALL --src de --tgt en --attention bahdanau --tokenizer .devdata/tokenizers/news-16000 $NEWS --hidden-size 640
+  run de-en-news-16k-nosmall $MIX    --src de --tgt en --attention bahdanau --tokenizer .devdata/tokenizers/news-16000 $NEWS
+  run en-de-news-16k       $MIX $SMALL --src en --tgt de --attention luong --tokenizer .devdata/tokenizers/news-16000 $NEWS
+  run en-de-news-16k-h640  $MIX $SMALL --src en --tgt de --attention luong --tokenizer .devdata/tokenizers/news-16000 $NEWS --hidden-size 640
+  for pair in "de en" "en de"; do  # the shipped models (their 8,000-piece tokenizer), trained on with the mixture
+    set -- $pair
+    run $1-$2-news-continued $MIX $SMALL --src $1 --tgt $2 --init-from checkpoints/$1-$2/model.safetensors \
+      --warmup-steps 100 --lr 5e-4 $NEWS
   done
 elif [ "${ONLY:-}" = en-de ]; then  # a second, shorter session for en-de alone
   run en-de-luong-drop5  $COMMON --src en --tgt de $ATT --dropout 0.5 --keep-checkpoints 5
@@ -102,6 +127,12 @@ score_general() {  # checkpoint, src, tgt -> mean BLEU of the two validation set
   local a b
   a=$(score "$1" $2 $3 $TATOEBA/dev) b=$(score "$1" $2 $3)
   python3 -c "print(round(($a + $b) / 2, 2), $a, $b)"
+}
+# -- issue 27's models: the mean with newstest2012 beside them
+score_news() {  # checkpoint, src, tgt -> mean BLEU of newstest2012, Tatoeba dev and Multi30k val
+  local n a b
+  n=$(score "$1" $2 $3 .devdata/news/newstest2012) a=$(score "$1" $2 $3 $TATOEBA/dev) b=$(score "$1" $2 $3)
+  python3 -c "print(round(($n + $a + $b) / 3, 2), $n, $a, $b)"
 }
 pick() {  # shipped name, src, tgt, candidate runs...
   local name=$1 src=$2 tgt=$3; shift 3
@@ -152,6 +183,11 @@ elif [ "${ONLY:-}" = continue ]; then
   done
   wait $TESTS
   cat logs/tests.txt
+elif [ "${ONLY:-}" = news ]; then
+  SCORE=score_news
+  pick de-en de en de-en-news-8k de-en-news-16k de-en-news-16k-h640 de-en-news-16k-nosmall de-en-news-continued & PICKS="$!"
+  pick en-de en de en-de-news-16k en-de-news-16k-h640 en-de-news-continued & PICKS="$PICKS $!"
+  wait $PICKS
 elif [ "${ONLY:-}" = en-de ]; then
   pick en-de en de en-de-luong-drop5 en-de-luong-drop4
 else
