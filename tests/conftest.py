@@ -36,7 +36,7 @@ os.environ.setdefault(
     os.path.join(tempfile.gettempdir(), f"mt-tests-inductor-{os.environ.get('ATEN_CPU_CAPABILITY', 'native')}"),
 )
 
-from helpers import _invoke, _write_lines, _write_pair  # noqa: E402
+from helpers import _write_lines, _write_pair, invoke  # noqa: E402
 
 from mt.checkpoint import save_checkpoint  # noqa: E402
 from mt.config import AttentionKind, Cell, ModelConfig  # noqa: E402
@@ -315,7 +315,7 @@ def cli_corpus(tmp_path_factory) -> SimpleNamespace:
 def cli_tokenizer(cli_corpus) -> SimpleNamespace:
     """`mt train-tokenizer` on the template corpus (joint unigram, 150 pieces)."""
     output = cli_corpus.root / "tokenizer"
-    result = _invoke(
+    result = invoke(
         [
             "train-tokenizer",
             "--train",
@@ -340,7 +340,7 @@ def cli_run(cli_corpus, cli_tokenizer) -> SimpleNamespace:
     # A realistic, longish run directory: with the pytest base directory the
     # checkpoint paths are wider than an 80-column terminal.
     run = cli_corpus.root / "runs" / "de-en-luong-e32-h64-l1-200-steps"
-    result = _invoke(
+    result = invoke(
         [
             "train",
             "--train", cli_corpus.train,

@@ -93,16 +93,9 @@ def scramble(model: Seq2Seq, seed: int, std: float = 1.0) -> Seq2Seq:
 
 
 # -- `mt` in this process, and the files it reads ------------------------------------------
-# Two spellings of one call, `invoke("translate", ...)` and `_invoke(["translate", ...])`:
-# the tests were written with both.
 
 
-def invoke(*args, input=None):
-    """`mt ARGS` in this process; stdout and stderr come back separately."""
-    return CliRunner().invoke(app, [str(a) for a in args], input=input)
-
-
-def _invoke(args: list, input: str | bytes | None = None, env: dict[str, str] | None = None):
+def invoke(args: list, input: str | bytes | None = None, env: dict[str, str] | None = None):
     """Run a command in-process; stdout and stderr come back separately."""
     return CliRunner().invoke(app, [str(a) for a in args], input=input, env=env)
 
@@ -115,7 +108,7 @@ def _assert_cli_error(result, *fragments: str) -> str:
 
 def _train_tiny(corpus, tokenizer_dir: Path, output: Path, *extra, env: dict[str, str] | None = None):
     """A two-step training run: enough to write a finished run directory."""
-    return _invoke(
+    return invoke(
         [
             "train", "--train", corpus.train, "--valid", corpus.valid, "--tokenizer", tokenizer_dir, "--output", output,
             "--embedding-size", 8, "--hidden-size", 8, "--layers", 1, "--batch-tokens", 400,

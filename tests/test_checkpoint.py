@@ -8,7 +8,7 @@ import pickle
 
 import pytest
 import torch
-from helpers import _invoke
+from helpers import invoke
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -323,11 +323,11 @@ def test_checkpoints_of_different_models_cannot_be_averaged(tmp_path, tokenizers
 @pytest.mark.slow
 def test_average_of_best_and_last_is_a_usable_checkpoint(cli_run, cli_model, tmp_path):
     output = tmp_path / "averaged"
-    result = _invoke(["average", cli_run.best, cli_run.last, "--output", output, "--fp16"])
+    result = invoke(["average", cli_run.best, cli_run.last, "--output", output, "--fp16"])
     assert result.exit_code == 0, result.output
     target = output / "model.safetensors"
     assert str(target) in result.stderr
-    translated = _invoke(["translate", "--model", target, "--device", "cpu", "Ein Hund läuft."])
+    translated = invoke(["translate", "--model", target, "--device", "cpu", "Ein Hund läuft."])
     assert translated.exit_code == 0, translated.output
     assert len(translated.stdout.splitlines()) == 1
 

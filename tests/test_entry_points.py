@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import ENV, _invoke
+from helpers import ENV, invoke
 
 
 @pytest.mark.slow
@@ -33,7 +33,7 @@ COMMANDS = [
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_help_works_for_every_command_and_shows_an_example(command):
-    result = _invoke([command, "--help"])
+    result = invoke([command, "--help"])
     assert result.exit_code == 0, result.output
     text = " ".join(result.stdout.split())
     assert f"Usage: mt {command}" in text
@@ -42,7 +42,7 @@ def test_help_works_for_every_command_and_shows_an_example(command):
 
 
 def test_top_level_help_lists_every_command():
-    result = _invoke(["--help"])
+    result = invoke(["--help"])
     assert result.exit_code == 0, result.output
     for command in COMMANDS:
         assert command in result.stdout

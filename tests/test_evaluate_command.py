@@ -10,7 +10,7 @@ import json
 
 import pytest
 import torch
-from helpers import _invoke, _write_gz, run_mt
+from helpers import _write_gz, invoke, run_mt
 
 # Every test here translates with a trained model: `cli_model` (trained for 200 steps in
 # the session) or the shipped models, in processes of their own.
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_evaluate_json_prints_one_object_with_scores_and_signatures(cli_corpus, cli_model):
-    result = _invoke(
+    result = invoke(
         [
             "evaluate",
             "--model",
@@ -54,7 +54,7 @@ def test_evaluate_json_prints_one_object_with_scores_and_signatures(cli_corpus, 
 
 
 def test_evaluate_text_report_has_bleu_chrf_and_ter_lines(cli_corpus, cli_model):
-    result = _invoke(
+    result = invoke(
         [
             "evaluate",
             "-m",
@@ -82,7 +82,7 @@ def test_evaluate_runs_the_default_precision_unless_told_and_reports_it(cli_corp
 
     def precision(*flags: str) -> bool:
         arguments = ["--src", cli_corpus.valid_src, "--ref", cli_corpus.valid_ref, "--json", "--device", "cpu"]
-        result = _invoke(["evaluate", "-m", cli_model, *arguments, *flags])
+        result = invoke(["evaluate", "-m", cli_model, *arguments, *flags])
         assert result.exit_code == 0, result.output
         return json.loads(result.stdout)["quantize"]
 
@@ -111,7 +111,7 @@ def test_evaluate_and_translate_quantized_give_one_line_each_and_no_warnings(cli
 def test_evaluate_output_writes_one_translation_per_source_line(cli_corpus, cli_model, tmp_path):
     output = tmp_path / "out" / "hyp.en"
     output.parent.mkdir()  # an output's directory must exist (test_mistakes.py)
-    result = _invoke(
+    result = invoke(
         [
             "evaluate",
             "--model",
@@ -138,7 +138,7 @@ def test_evaluate_output_keeps_empty_source_lines(cli_model, tmp_path):
     src = _write_gz(tmp_path / "test.de.gz", ["Ein Hund läuft im Park.", "", "Eine Katze schläft."])
     ref = _write_gz(tmp_path / "test.en.gz", ["A dog runs in the park.", "", "A cat sleeps."])
     output = tmp_path / "hyp.en"
-    result = _invoke(
+    result = invoke(
         ["evaluate", "--model", cli_model, "--src", src, "--ref", ref, "--output", output, "--json", "--device", "cpu"]
     )
     assert result.exit_code == 0, result.output
@@ -162,7 +162,7 @@ def test_evaluate_scores_what_translate_gives_a_user_on_multi_sentence_lines(cli
     sentences = alone.stdout.splitlines()
     for flags in ([], ["--no-split"]):
         output = tmp_path / f"hypotheses{len(flags)}.en"
-        evaluated = _invoke(["evaluate", *common, *flags, "--src", src, "--ref", ref, "--output", output, "--json"])
+        evaluated = invoke(["evaluate", *common, *flags, "--src", src, "--ref", ref, "--output", output, "--json"])
         assert evaluated.exit_code == 0, evaluated.output
         assert json.loads(evaluated.stdout)["split"] == (not flags)
         translated = run_mt("translate", *common, *flags, stdin="".join(line + "\n" for line in sources))

@@ -22,7 +22,6 @@ import torch
 from helpers import (
     ENV,
     _assert_cli_error,
-    _invoke,
     _train_tiny,
     _write_gz,
     _write_lines,
@@ -69,13 +68,13 @@ def _assert_process_error(process: subprocess.CompletedProcess, *fragments: str)
 
 def test_missing_corpus_file_is_a_one_line_error(tmp_path):
     prefix = tmp_path / "nowhere" / "train"
-    result = _invoke(["train-tokenizer", "--train", prefix, "--vocab-size", 50, "--output", tmp_path / "tok"])
+    result = invoke(["train-tokenizer", "--train", prefix, "--vocab-size", 50, "--output", tmp_path / "tok"])
     _assert_cli_error(result, "file not found", f"{prefix}.de")
 
 
 def test_missing_validation_corpus_is_a_one_line_error(cli_corpus, cli_tokenizer, tmp_path):
     assert cli_tokenizer.result.exit_code == 0
-    result = _invoke(
+    result = invoke(
         [
             "train",
             "--train",
@@ -95,14 +94,14 @@ def test_missing_validation_corpus_is_a_one_line_error(cli_corpus, cli_tokenizer
 
 def test_source_and_target_of_different_lengths_name_both_counts(tmp_path):
     prefix = _write_pair(tmp_path / "bad", ["Ein Hund.", "Eine Katze.", "Ein Mann."], ["A dog.", "A cat."])
-    result = _invoke(["train-tokenizer", "--train", prefix, "--vocab-size", 50, "--output", tmp_path / "tok"])
+    result = invoke(["train-tokenizer", "--train", prefix, "--vocab-size", 50, "--output", tmp_path / "tok"])
     line = _assert_cli_error(result, "has 3 lines", "has 2")
     assert "bad.de" in line and "bad.en" in line
 
 
 def test_empty_corpus_is_a_one_line_error(tmp_path):
     prefix = _write_pair(tmp_path / "empty", b"", b"")
-    result = _invoke(["train-tokenizer", "--train", prefix, "--vocab-size", 50, "--output", tmp_path / "tok"])
+    result = invoke(["train-tokenizer", "--train", prefix, "--vocab-size", 50, "--output", tmp_path / "tok"])
     _assert_cli_error(result, "empty")
 
 
@@ -116,26 +115,26 @@ def test_non_utf8_corpus_line_is_named_by_number(tmp_path, compressed):
         (tmp_path / "latin1.de").write_bytes(source)
         (tmp_path / "latin1.en").write_bytes(target)
         prefix = str(tmp_path / "latin1")
-    result = _invoke(["train-tokenizer", "--train", prefix, "--vocab-size", 50, "--output", tmp_path / "tok"])
+    result = invoke(["train-tokenizer", "--train", prefix, "--vocab-size", 50, "--output", tmp_path / "tok"])
     _assert_cli_error(result, "line 3", "UTF-8", "latin1.de")
 
 
 def test_corrupt_gzip_corpus_is_a_one_line_error(tmp_path):
     prefix = _write_pair(tmp_path / "ok", ["Ein Hund."], ["A dog."])
     Path(f"{prefix}.de.gz").write_bytes(b"\x1f\x8b\x08\x00not really gzip data")
-    result = _invoke(["train-tokenizer", "--train", prefix, "--vocab-size", 50, "--output", tmp_path / "tok"])
+    result = invoke(["train-tokenizer", "--train", prefix, "--vocab-size", 50, "--output", tmp_path / "tok"])
     _assert_cli_error(result, "cannot read", "ok.de.gz")
 
 
 def test_tsv_row_with_wrong_column_count_names_the_line(tmp_path):
     path = tmp_path / "pairs.tsv"
     path.write_text("Ein Hund.\tA dog.\nEine Katze.\tA cat.\textra\n", encoding="utf-8")
-    result = _invoke(["train-tokenizer", "--train", path, "--vocab-size", 50, "--output", tmp_path / "tok"])
+    result = invoke(["train-tokenizer", "--train", path, "--vocab-size", 50, "--output", tmp_path / "tok"])
     _assert_cli_error(result, "line 2", "3 tab-separated columns")
 
 
 def test_dataset_that_does_not_exist_is_a_one_line_error(tmp_path):
-    result = _invoke(
+    result = invoke(
         [
             "train-tokenizer",
             "--train",
@@ -156,7 +155,7 @@ def test_split_that_does_not_exist_in_a_saved_dataset_is_a_one_line_error(tmp_pa
     datasets.DatasetDict({"train": datasets.Dataset.from_dict({"de": ["Ein Hund."], "en": ["A dog."]})}).save_to_disk(
         tmp_path / "saved"
     )
-    result = _invoke(
+    result = invoke(
         [
             "train-tokenizer",
             "--train",
@@ -185,7 +184,7 @@ def test_an_unreachable_hub_is_one_line_at_once(tmp_path):
 
 
 def test_vocabulary_larger_than_the_corpus_supports_says_what_to_do(cli_corpus, tmp_path):
-    result = _invoke(
+    result = invoke(
         ["train-tokenizer", "--train", cli_corpus.train, "--vocab-size", 50000, "--output", tmp_path / "tok"]
     )
     _assert_cli_error(result, "vocabulary size 50000", "--vocab-size")
@@ -206,12 +205,12 @@ def test_train_accumulating_more_batches_than_an_epoch_has_is_a_one_line_error(c
 
 def test_checkpoint_that_does_not_exist_is_a_one_line_error(tmp_path):
     missing = tmp_path / "no-such-run" / "best.safetensors"
-    result = _invoke(["translate", "--model", missing, "--device", "cpu", "Ein Hund."])
+    result = invoke(["translate", "--model", missing, "--device", "cpu", "Ein Hund."])
     _assert_cli_error(result, "checkpoint not found", str(missing))
 
 
 def test_evaluate_with_missing_checkpoint_is_a_one_line_error(cli_corpus, tmp_path):
-    result = _invoke(
+    result = invoke(
         [
             "evaluate",
             "--model",
@@ -255,7 +254,7 @@ NOT_CHECKPOINTS = {
 def test_file_that_is_not_a_checkpoint_is_a_one_line_error(tmp_path, content):
     path = tmp_path / "model.safetensors"
     path.write_bytes(content())
-    result = _invoke(["translate", "--model", path, "--device", "cpu", "Ein Hund."])
+    result = invoke(["translate", "--model", path, "--device", "cpu", "Ein Hund."])
     _assert_cli_error(result, str(path))
 
 
@@ -264,7 +263,7 @@ def test_truncated_checkpoint_is_a_one_line_error(cli_model, tmp_path):
     data = cli_model.read_bytes()
     path = tmp_path / "model.safetensors"
     path.write_bytes(data[: len(data) // 2])
-    result = _invoke(["translate", "--model", path, "--device", "cpu", "Ein Hund."])
+    result = invoke(["translate", "--model", path, "--device", "cpu", "Ein Hund."])
     _assert_cli_error(result, str(path))
 
 
@@ -278,7 +277,7 @@ def test_checkpoint_of_another_format_version_is_a_one_line_error(cli_model, tmp
         metadata = {**handle.metadata(), "format_version": "999"}
     path = tmp_path / "future.safetensors"
     save_file(tensors, str(path), metadata=metadata)
-    result = _invoke(["translate", "--model", path, "--device", "cpu", "Ein Hund."])
+    result = invoke(["translate", "--model", path, "--device", "cpu", "Ein Hund."])
     _assert_cli_error(result, "format version 999")
 
 
@@ -296,7 +295,7 @@ def test_checkpoint_whose_tokenizer_does_not_match_its_model_is_a_one_line_error
     tensors["tokenizer.source"] = torch.frombuffer(bytearray(other.model_proto), dtype=torch.uint8)
     path = tmp_path / "mismatch.safetensors"
     save_file(tensors, str(path), metadata=metadata)
-    result = _invoke(["translate", "--model", path, "--device", "cpu", "Ein Hund."])
+    result = invoke(["translate", "--model", path, "--device", "cpu", "Ein Hund."])
     _assert_cli_error(result, "tokenizers do not match")
 
 
@@ -330,7 +329,7 @@ def tampered(model: Path, tmp_path: Path, **changes) -> Path:
 )
 def test_tampered_checkpoint_metadata_is_a_one_line_error_before_any_allocation(model, tmp_path, changes, fragment):
     path = tampered(model, tmp_path, **changes)
-    result = invoke("translate", "--model", path, "Ein Hund.")
+    result = invoke(["translate", "--model", path, "Ein Hund."])
     assert_one_line_error(result.exit_code, result.stderr, fragment)
 
 
@@ -344,7 +343,7 @@ def test_a_fifo_as_model_is_refused_without_waiting(tmp_path):
 
 def test_a_run_directory_as_model_points_to_its_best_checkpoint(model, tmp_path):
     (tmp_path / "best.safetensors").write_bytes(model.read_bytes())
-    result = invoke("translate", "--model", tmp_path, "Ein Hund.")
+    result = invoke(["translate", "--model", tmp_path, "Ein Hund."])
     assert_one_line_error(result.exit_code, result.stderr, "best.safetensors")
 
 
@@ -352,23 +351,23 @@ def test_a_run_directory_as_model_points_to_its_best_checkpoint(model, tmp_path)
 
 
 def test_translate_beam_zero_names_the_valid_range(tmp_path):
-    result = _invoke(["translate", "--beam", "0", "--model", tmp_path / "whatever.safetensors", "Ein Hund."])
+    result = invoke(["translate", "--beam", "0", "--model", tmp_path / "whatever.safetensors", "Ein Hund."])
     _assert_cli_error(result, ">= 1", "got 0")
 
 
 def test_a_beam_wider_than_the_bound_is_refused_and_the_bound_is_in_the_message(model):
-    result = invoke("translate", "--model", model, "--beam", "100000", "Ein Hund.")
+    result = invoke(["translate", "--model", model, "--beam", "100000", "Ein Hund."])
     assert_one_line_error(result.exit_code, result.stderr, "beam_size", "<= 100")
 
 
 def test_nan_length_penalty_is_refused(model):
-    result = invoke("translate", "--model", model, "--length-penalty", "nan", "Ein Hund.")
+    result = invoke(["translate", "--model", model, "--length-penalty", "nan", "Ein Hund."])
     assert_one_line_error(result.exit_code, result.stderr, "finite")
 
 
 def test_train_dropout_out_of_range_names_the_valid_range(cli_corpus, cli_tokenizer, tmp_path):
     assert cli_tokenizer.result.exit_code == 0
-    result = _invoke(
+    result = invoke(
         [
             "train",
             "--train",
@@ -392,7 +391,7 @@ def test_train_dropout_out_of_range_names_the_valid_range(cli_corpus, cli_tokeni
 @pytest.mark.parametrize("option", ["--hidden-size", "--embedding-size", "--layers", "--batch-tokens"])
 def test_negative_sizes_name_the_valid_range(cli_corpus, cli_tokenizer, tmp_path, option):
     assert cli_tokenizer.result.exit_code == 0
-    result = _invoke(
+    result = invoke(
         [
             "train",
             "--train",
@@ -418,7 +417,7 @@ def test_negative_sizes_name_the_valid_range(cli_corpus, cli_tokenizer, tmp_path
 )
 def test_nan_is_refused_for_every_training_number(tmp_path, tokenizers, option):
     tokenizers.save(tmp_path / "tokenizer")
-    result = invoke("train", "--output", tmp_path / "run", "--tokenizer", tmp_path / "tokenizer", option, "nan")
+    result = invoke(["train", "--output", tmp_path / "run", "--tokenizer", tmp_path / "tokenizer", option, "nan"])
     assert_one_line_error(result.exit_code, result.stderr, "finite")
     assert not (tmp_path / "run").exists()
 
@@ -461,7 +460,7 @@ def test_click_usage_errors_are_one_error_line(arguments, fragment):
 @pytest.mark.slow
 def test_evaluate_rejects_sources_and_references_of_different_lengths(cli_corpus, cli_model, tmp_path):
     ref = _write_gz(tmp_path / "short.en.gz", ["A dog runs."])
-    result = _invoke(["evaluate", "--model", cli_model, "--src", cli_corpus.valid_src, "--ref", ref, "--device", "cpu"])
+    result = invoke(["evaluate", "--model", cli_model, "--src", cli_corpus.valid_src, "--ref", ref, "--device", "cpu"])
     _assert_cli_error(result, f"has {len(cli_corpus.valid_pairs)} lines", "has 1")
 
 
@@ -469,21 +468,21 @@ def test_evaluate_rejects_sources_and_references_of_different_lengths(cli_corpus
 def test_evaluate_empty_source_file_is_a_one_line_error(cli_model, tmp_path):
     src = _write_gz(tmp_path / "empty.de.gz", b"")
     ref = _write_gz(tmp_path / "empty.en.gz", b"")
-    result = _invoke(["evaluate", "--model", cli_model, "--src", src, "--ref", ref, "--device", "cpu"])
+    result = invoke(["evaluate", "--model", cli_model, "--src", src, "--ref", ref, "--device", "cpu"])
     _assert_cli_error(result, "empty")
 
 
 def test_inspect_sources_and_references_of_different_lengths_are_refused(model, texts, tmp_path):
     short = tmp_path / "short.en"
     short.write_text("The dog .\n")
-    result = invoke("inspect", "--model", model, "--src", texts[0], "--ref", short, "--output", tmp_path / "inspect")
+    result = invoke(["inspect", "--model", model, "--src", texts[0], "--ref", short, "--output", tmp_path / "inspect"])
     assert_one_line_error(result.exit_code, result.stderr, "5 lines", "1")
 
 
 def test_inspect_log_that_is_not_utf8_is_a_one_line_error(model, tmp_path):
     log = tmp_path / "log.jsonl"
     log.write_bytes(b'\xff\xfe{"step": 1}\n')
-    result = invoke("inspect", "--model", model, "--log", log, "--output", tmp_path / "inspect")
+    result = invoke(["inspect", "--model", model, "--log", log, "--output", tmp_path / "inspect"])
     assert_one_line_error(result.exit_code, result.stderr, "not valid UTF-8")
 
 
@@ -491,7 +490,19 @@ def test_inspect_log_that_is_not_utf8_is_a_one_line_error(model, tmp_path):
 def test_evaluate_refuses_to_write_its_output_over_an_input(model, texts, which):
     before = texts[which].read_bytes()
     result = invoke(
-        "evaluate", "--model", model, "--src", texts[0], "--ref", texts[1], "--output", texts[which], "--device", "cpu"
+        [
+            "evaluate",
+            "--model",
+            model,
+            "--src",
+            texts[0],
+            "--ref",
+            texts[1],
+            "--output",
+            texts[which],
+            "--device",
+            "cpu",
+        ]
     )
     assert_one_line_error(result.exit_code, result.stderr, "destroy the input")
     assert texts[which].read_bytes() == before
@@ -515,7 +526,7 @@ def test_evaluate_refuses_a_device_a_fifo_and_dash_as_output_and_writes_through_
     os.mkfifo(fifo)
     for output in ("/dev/null", fifo, "-"):
         result = invoke(
-            "evaluate", "--model", model, "--src", texts[0], "--ref", texts[1], "--output", output, "--device", "cpu"
+            ["evaluate", "--model", model, "--src", texts[0], "--ref", texts[1], "--output", output, "--device", "cpu"]
         )
         assert_one_line_error(result.exit_code, result.stderr, "--output")
     assert Path("/dev/null").is_char_device() and fifo.is_fifo() and not Path("-").exists()
@@ -523,7 +534,7 @@ def test_evaluate_refuses_a_device_a_fifo_and_dash_as_output_and_writes_through_
     target.write_text("old\n")
     link.symlink_to(target)
     result = invoke(
-        "evaluate", "--model", model, "--src", texts[0], "--ref", texts[1], "--output", link, "--device", "cpu"
+        ["evaluate", "--model", model, "--src", texts[0], "--ref", texts[1], "--output", link, "--device", "cpu"]
     )
     assert result.exit_code == 0, result.output
     assert link.is_symlink() and len(target.read_text().splitlines()) == 5
@@ -533,7 +544,7 @@ def test_evaluate_refuses_a_device_a_fifo_and_dash_as_output_and_writes_through_
 def test_evaluate_output_that_is_a_directory_is_a_one_line_error(cli_corpus, cli_model, tmp_path):
     output = tmp_path / "translations"
     output.mkdir()
-    result = _invoke(
+    result = invoke(
         [
             "evaluate",
             "--model",
@@ -563,7 +574,7 @@ def test_evaluate_output_of_several_models_is_refused(test_set, tmp_path):
 def test_train_tokenizer_output_that_is_a_file_is_a_one_line_error(cli_corpus, tmp_path):
     output = tmp_path / "tokenizer"
     output.write_text("a file, not a directory\n")
-    result = _invoke(["train-tokenizer", "--train", cli_corpus.train, "--vocab-size", 60, "--output", output])
+    result = invoke(["train-tokenizer", "--train", cli_corpus.train, "--vocab-size", 60, "--output", output])
     _assert_cli_error(result, str(output))
 
 
@@ -581,7 +592,7 @@ def test_train_output_that_is_a_file_is_a_one_line_error(cli_corpus, cli_tokeniz
 @pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
 def test_device_cuda_without_cuda_is_a_one_line_error(cli_model):
-    result = _invoke(["translate", "--model", cli_model, "--device", "cuda", "Ein Hund."])
+    result = invoke(["translate", "--model", cli_model, "--device", "cuda", "Ein Hund."])
     _assert_cli_error(result, "--device cuda", "no CUDA device")
 
 
@@ -591,10 +602,7 @@ def test_bf16_on_a_cpu_without_bf16_kernels_is_a_one_line_error(tmp_path, tokeni
     prefix = tmp_path / "corpus"
     for index, language in enumerate(("de", "en")):
         (tmp_path / f"corpus.{language}").write_text("".join(pair[index] + "\n" for pair in corpus_pairs))
-    result = invoke(
-        "train", "--train", prefix, "--valid", prefix, "--tokenizer", tmp_path / "tokenizer",
-        "--output", tmp_path / "run", "--bf16", "--device", "cpu", "--max-steps", "1",
-    )  # fmt: skip
+    result = invoke(["train", "--train", prefix, "--valid", prefix, "--tokenizer", tmp_path / "tokenizer", "--output", tmp_path / "run", "--bf16", "--device", "cpu", "--max-steps", "1"])  # fmt: skip
     assert result.exit_code != 0 and result.stderr.strip().splitlines()[-1].startswith("error: --bf16")
 
 
@@ -616,10 +624,7 @@ def test_compile_where_it_cannot_work_is_a_one_line_error(
     for index, language in enumerate(("de", "en")):
         (tmp_path / f"corpus.{language}").write_text("".join(pair[index] + "\n" for pair in corpus_pairs))
     with inductor_config.patch({"cpp.cxx": (compiler,)}):  # the compilers torch.compile looks for
-        result = invoke(
-            "train", "--train", prefix, "--valid", prefix, "--tokenizer", tmp_path / "tokenizer",
-            "--output", tmp_path / "run", "--compile", "--device", "cpu", "--max-steps", "1", *options,
-        )  # fmt: skip
+        result = invoke(["train", "--train", prefix, "--valid", prefix, "--tokenizer", tmp_path / "tokenizer", "--output", tmp_path / "run", "--compile", "--device", "cpu", "--max-steps", "1", *options])  # fmt: skip
     last = result.stderr.strip().splitlines()[-1]  # after the line on the training data read
     assert result.exit_code != 0 and "Traceback" not in result.stderr
     assert last.startswith("error: --compile") and message in last, last
@@ -639,7 +644,7 @@ def test_average_refuses_an_output_that_is_one_of_its_inputs(model, tmp_path, al
     elif alias == "hardlink":
         os.link(first, output)
     before = first.read_bytes()
-    result = invoke("average", model, first, "--output", output, "--fp16")
+    result = invoke(["average", model, first, "--output", output, "--fp16"])
     assert_one_line_error(result.exit_code, result.stderr, "would destroy an input")
     assert first.read_bytes() == before
 
@@ -647,7 +652,7 @@ def test_average_refuses_an_output_that_is_one_of_its_inputs(model, tmp_path, al
 def test_an_ensemble_of_two_directions_is_refused(tmp_path, tiny_checkpoint):
     de_en = tiny_checkpoint(tmp_path / "de-en.safetensors", source="de", target="en")
     en_de = tiny_checkpoint(tmp_path / "en-de.safetensors", source="en", target="de", seed=1)
-    result = invoke("translate", "-m", de_en, "-m", en_de, "--device", "cpu", "Ein Hund.")
+    result = invoke(["translate", "-m", de_en, "-m", en_de, "--device", "cpu", "Ein Hund."])
     assert_one_line_error(result.exit_code, result.stderr, "en->de", "de->en", "one direction", stdout=result.stdout)
 
 
@@ -655,7 +660,7 @@ def test_evaluate_refuses_a_model_whose_direction_is_not_the_files(tmp_path, tin
     en_de = tiny_checkpoint(tmp_path / "en-de.safetensors", source="en", target="de")
     src = _write_lines(tmp_path / "test.de", [de for de, _ in corpus_pairs[:3]])
     ref = _write_lines(tmp_path / "test.en", [en for _, en in corpus_pairs[:3]])
-    result = invoke("evaluate", "-m", en_de, "--src", src, "--ref", ref, "--device", "cpu")
+    result = invoke(["evaluate", "-m", en_de, "--src", src, "--ref", ref, "--device", "cpu"])
     assert_one_line_error(result.exit_code, result.stderr, "translates from 'en'", "'de'", stdout=result.stdout)
 
 
@@ -666,7 +671,7 @@ def test_evaluate_checks_every_model_before_translating(model, texts, tmp_path, 
     monkeypatch.setattr(Translator, "translate", lambda self, *args, **kwargs: translated.append(1) or [])
     src, ref = texts
     missing = tmp_path / "missing.safetensors"
-    result = invoke("evaluate", "-m", model, "-m", missing, "--src", src, "--ref", ref, "--device", "cpu")
+    result = invoke(["evaluate", "-m", model, "-m", missing, "--src", src, "--ref", ref, "--device", "cpu"])
     assert_one_line_error(result.exit_code, result.stderr, "checkpoint not found", str(missing), stdout=result.stdout)
     assert not translated
 
@@ -706,7 +711,7 @@ def test_tampered_metadata_that_loading_reads_is_a_one_line_error(
 
     path = tmp_path / "tampered.safetensors"
     save_checkpoint(path, tiny_model(), tokenizers, {"source_language": "de", "target_language": "en", field: value})
-    result = invoke("translate", "-m", path, "--device", "cpu", "Ein Hund.")
+    result = invoke(["translate", "-m", path, "--device", "cpu", "Ein Hund."])
     assert_one_line_error(result.exit_code, result.stderr, str(path), fragment, stdout=result.stdout)
 
 
@@ -715,7 +720,7 @@ def test_an_output_whose_directory_is_missing_or_a_file_is_refused(model, tmp_pa
     blocker = tmp_path / "file"
     blocker.write_text("not a directory\n")
     output = tmp_path / "nowhere" / "out.txt" if where == "missing directory" else blocker / "out.txt"
-    result = invoke("translate", "-m", model, "--device", "cpu", "-o", output, "Ein Hund.")
+    result = invoke(["translate", "-m", model, "--device", "cpu", "-o", output, "Ein Hund."])
     fragment = "does not exist" if where == "missing directory" else "is not a directory"
     assert_one_line_error(result.exit_code, result.stderr, fragment, stdout=result.stdout)
     assert not (tmp_path / "nowhere").exists()
@@ -723,8 +728,5 @@ def test_an_output_whose_directory_is_missing_or_a_file_is_refused(model, tmp_pa
 
 def test_compile_of_a_parent_without_attention_is_refused_before_reading_the_corpus(plain_model, tmp_path):
     missing = tmp_path / "nowhere" / "train"  # read only after every option was checked
-    result = invoke(
-        "train", "--init-from", plain_model, "--compile", "--train", missing, "--valid", missing,
-        "--output", tmp_path / "run", "--device", "cpu",
-    )  # fmt: skip
+    result = invoke(["train", "--init-from", plain_model, "--compile", "--train", missing, "--valid", missing, "--output", tmp_path / "run", "--device", "cpu"])  # fmt: skip
     assert_one_line_error(result.exit_code, result.stderr, "--compile", "no attention")

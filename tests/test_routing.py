@@ -5,7 +5,7 @@ and no model into LANG is a one-line error."""
 from __future__ import annotations
 
 import pytest
-from helpers import _assert_cli_error, _invoke
+from helpers import _assert_cli_error, invoke
 
 from mt.config import DecodeConfig
 from mt.model import Ensemble
@@ -61,12 +61,12 @@ def test_without_to_the_models_are_loaded_as_before(directions):
 
 def test_mt_translate_to_translates_what_is_not_in_the_target_yet(directions):
     models = [option for path in directions["de-en"] + directions["en-de"] for option in ("-m", path)]
-    result = _invoke(["translate", *models, "--to", "en", "--beam", "1", "--device", "cpu", GERMAN[0], ENGLISH[0], "3"])
+    result = invoke(["translate", *models, "--to", "en", "--beam", "1", "--device", "cpu", GERMAN[0], ENGLISH[0], "3"])
     assert result.exit_code == 0, result.output
     expected = Translator.from_checkpoints(directions["de-en"]).translate(GERMAN[:1], GREEDY)[0]
     assert result.stdout.splitlines() == [expected, ENGLISH[0], "3"]
 
 
 def test_to_a_language_no_model_translates_into_is_a_one_line_error(directions):
-    result = _invoke(["translate", "-m", directions["en-de"][0], "--to", "fr", "--device", "cpu", "Hallo"])
+    result = invoke(["translate", "-m", directions["en-de"][0], "--to", "fr", "--device", "cpu", "Hallo"])
     _assert_cli_error(result, "--to fr", "no model translates into fr", "en->de")

@@ -839,10 +839,10 @@ def test_serve_refuses_an_empty_or_undecodable_api_key(key, message):
 
 
 def test_mt_serve_says_in_one_line_what_is_wrong_with_its_options():
-    from helpers import _assert_cli_error, _invoke
+    from helpers import _assert_cli_error, invoke
 
-    _assert_cli_error(_invoke(["serve", "--batch-wait-ms", "inf"]), "--batch-wait-ms must be between 0 and 10000")
-    _assert_cli_error(_invoke(["serve", "--api-key", ""]), "--api-key is empty")
+    _assert_cli_error(invoke(["serve", "--batch-wait-ms", "inf"]), "--batch-wait-ms must be between 0 and 10000")
+    _assert_cli_error(invoke(["serve", "--api-key", ""]), "--api-key is empty")
 
 
 def _start_server_process(checkpoints, **options) -> tuple[subprocess.Popen, str, list[str]]:

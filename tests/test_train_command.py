@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY_MODEL, _assert_cli_error, _invoke, _train_tiny, invoke, run_mt, start_mt
+from helpers import TINY_MODEL, _assert_cli_error, _train_tiny, invoke, run_mt, start_mt
 
 from mt.checkpoint import load_checkpoint, save_checkpoint
 from mt.config import ModelConfig, MTError, TrainConfig
@@ -88,7 +88,7 @@ def corpora(setup) -> list:
 
 
 def train(setup, output: Path, *extra):
-    return invoke("train", *corpora(setup), "--tokenizer", setup["tokenizer"], "--output", output, *TINY, *extra)
+    return invoke(["train", *corpora(setup), "--tokenizer", setup["tokenizer"], "--output", output, *TINY, *extra])
 
 
 def unfinish(last: Path, **state_changes) -> None:
@@ -151,7 +151,7 @@ def test_train_tokenizer_writes_both_models_and_says_where(cli_tokenizer):
 
 def test_train_tokenizer_separate_gives_one_model_per_language(cli_corpus, tmp_path):
     output = tmp_path / "separate"
-    result = _invoke(
+    result = invoke(
         [
             "train-tokenizer",
             "--train",
@@ -172,7 +172,7 @@ def test_train_tokenizer_separate_gives_one_model_per_language(cli_corpus, tmp_p
 
 
 def test_train_tokenizer_learns_from_a_sample_of_max_sentences(cli_corpus, tmp_path):
-    result = _invoke(
+    result = invoke(
         [
             "train-tokenizer",
             "--train",
@@ -188,21 +188,23 @@ def test_train_tokenizer_learns_from_a_sample_of_max_sentences(cli_corpus, tmp_p
     assert result.exit_code == 0, result.output
     assert (tmp_path / "tok" / "source.model").is_file()
     _assert_cli_error(
-        _invoke(["train-tokenizer", "--train", cli_corpus.train, "--max-sentences", 100]), "--max-sentences", "> 100"
+        invoke(["train-tokenizer", "--train", cli_corpus.train, "--max-sentences", 100]), "--max-sentences", "> 100"
     )
 
 
 def test_tokenizer_trains_on_several_corpora(setup, tmp_path):
     result = invoke(
-        "train-tokenizer",
-        "--train",
-        setup["big"],
-        "--train",
-        f"{setup['small']}:2",
-        "--vocab-size",
-        60,
-        "--output",
-        tmp_path / "tok",
+        [
+            "train-tokenizer",
+            "--train",
+            setup["big"],
+            "--train",
+            f"{setup['small']}:2",
+            "--vocab-size",
+            60,
+            "--output",
+            tmp_path / "tok",
+        ]
     )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "tok" / "source.model").is_file()
@@ -365,7 +367,7 @@ def test_train_overwrite_starts_a_finished_run_afresh(cli_corpus, cli_tokenizer,
 def test_train_refuses_a_finished_run_without_overwrite(cli_corpus, cli_tokenizer, cli_run):
     assert cli_run.result.exit_code == 0, cli_run.result.output
     before = _digest(cli_run.last)
-    result = _invoke(
+    result = invoke(
         [
             "train",
             "--train", cli_corpus.train,
@@ -387,17 +389,19 @@ def test_overwrite_with_a_missing_corpus_keeps_the_old_run(setup, tmp_path):
     assert train(setup, run, "--max-steps", "1").exit_code == 0
     before = {path.name: path.read_bytes() for path in run.iterdir()}
     result = invoke(
-        "train",
-        "--train",
-        tmp_path / "typo",
-        "--valid",
-        setup["valid_a"],
-        "--tokenizer",
-        setup["tokenizer"],
-        "--output",
-        run,
-        *TINY,
-        "--overwrite",
+        [
+            "train",
+            "--train",
+            tmp_path / "typo",
+            "--valid",
+            setup["valid_a"],
+            "--tokenizer",
+            setup["tokenizer"],
+            "--output",
+            run,
+            *TINY,
+            "--overwrite",
+        ]
     )
     assert_error_is_the_last_line(result, "typo")
     assert {path.name: path.read_bytes() for path in run.iterdir()} == before
@@ -446,10 +450,7 @@ def test_resuming_with_another_corpus_or_tokenizer_is_refused(setup, tmp_path, t
     run = tmp_path / "run"
     assert train(setup, run, "--max-steps", "2").exit_code == 0
     unfinish(run / "last.safetensors")
-    other_corpus = invoke(
-        "train", "--train", setup["big"], "--valid", setup["valid_a"], "--valid", setup["valid_b"],
-        "--tokenizer", setup["tokenizer"], "--output", run, *TINY, "--max-steps", "3",
-    )  # fmt: skip
+    other_corpus = invoke(["train", "--train", setup["big"], "--valid", setup["valid_a"], "--valid", setup["valid_b"], "--tokenizer", setup["tokenizer"], "--output", run, *TINY, "--max-steps", "3"])  # fmt: skip
     assert_error_is_the_last_line(other_corpus, "other training corpora")
     from mt.tokenizer import TokenizerPair, train_sentencepiece
 
@@ -460,15 +461,17 @@ def test_resuming_with_another_corpus_or_tokenizer_is_refused(setup, tmp_path, t
     assert other.model_proto != tokenizers.source.model_proto
     TokenizerPair(other, other).save(tmp_path / "other-tokenizer")
     result = invoke(
-        "train",
-        *corpora(setup),
-        "--tokenizer",
-        tmp_path / "other-tokenizer",
-        "--output",
-        run,
-        *TINY,
-        "--max-steps",
-        "3",
+        [
+            "train",
+            *corpora(setup),
+            "--tokenizer",
+            tmp_path / "other-tokenizer",
+            "--output",
+            run,
+            *TINY,
+            "--max-steps",
+            "3",
+        ]
     )
     assert_error_is_the_last_line(result, "another tokenizer")
 
@@ -586,10 +589,7 @@ def parent(setup):
 
 
 def test_init_from_starts_with_the_parents_weights_and_tokenizer(setup, parent, tmp_path):
-    result = invoke(
-        "train", "--init-from", parent, "--train", setup["small"], "--valid", setup["valid_a"], "--output", tmp_path / "child",
-        "--device", "cpu", "--max-steps", "1", "--lr", "1e-12", "--validate-every", "1",
-    )  # fmt: skip
+    result = invoke(["train", "--init-from", parent, "--train", setup["small"], "--valid", setup["valid_a"], "--output", tmp_path / "child", "--device", "cpu", "--max-steps", "1", "--lr", "1e-12", "--validate-every", "1"])  # fmt: skip
     assert result.exit_code == 0, result.output
     before, after = load_checkpoint(parent), load_checkpoint(tmp_path / "child" / "last.safetensors")
     assert after.model.config == before.model.config
@@ -619,19 +619,19 @@ def fine_tune(setup, parent: Path, output: Path) -> list:
 
 def test_init_from_refuses_architecture_options_that_disagree(setup, parent, tmp_path):
     base = fine_tune(setup, parent, tmp_path / "child")
-    assert_error_is_the_last_line(invoke(*base, "--hidden-size", "16"), "--hidden-size 16", "12")
-    assert_error_is_the_last_line(invoke(*base, "--attention", "bahdanau"), "--attention bahdanau")
-    assert_error_is_the_last_line(invoke(*base, "--tokenizer", setup["tokenizer"]), "--tokenizer", "--init-from")
+    assert_error_is_the_last_line(invoke([*base, "--hidden-size", "16"]), "--hidden-size 16", "12")
+    assert_error_is_the_last_line(invoke([*base, "--attention", "bahdanau"]), "--attention bahdanau")
+    assert_error_is_the_last_line(invoke([*base, "--tokenizer", setup["tokenizer"]]), "--tokenizer", "--init-from")
     assert (
-        invoke(*base, "--hidden-size", "12", "--dropout", "0.5", "--max-steps", "1").exit_code == 0
+        invoke([*base, "--hidden-size", "12", "--dropout", "0.5", "--max-steps", "1"]).exit_code == 0
     )  # agreeing, or not architecture
 
 
 def test_a_fine_tuning_run_resumes(setup, parent, tmp_path):
     base = fine_tune(setup, parent, tmp_path / "child")
-    assert invoke(*base, "--max-steps", "1").exit_code == 0
+    assert invoke([*base, "--max-steps", "1"]).exit_code == 0
     unfinish(tmp_path / "child" / "last.safetensors")
-    resumed = invoke(*base, "--max-steps", "2")
+    resumed = invoke([*base, "--max-steps", "2"])
     assert resumed.exit_code == 0, resumed.output
     assert "resuming" in resumed.stderr
     assert load_checkpoint(tmp_path / "child" / "last.safetensors").info["trainer_state"]["step"] == 2

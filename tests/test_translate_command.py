@@ -23,10 +23,10 @@ import pytest
 from helpers import (
     ENV,
     TINY_MODEL,
-    _invoke,
     _text,
     _write_lines,
     assert_one_line_error,
+    invoke,
     mt_command,
     run_mt,
     start_mt,
@@ -69,7 +69,7 @@ def _sentences(corpus_pairs, count: int) -> list[str]:
 
 @pytest.mark.slow
 def test_translate_arguments_print_one_line_each(cli_model):
-    result = _invoke(
+    result = invoke(
         ["translate", "--model", cli_model, "--device", "cpu", "Ein Hund läuft im Park.", "Eine Katze schläft."]
     )
     assert result.exit_code == 0, result.output
@@ -134,7 +134,7 @@ def test_translate_pipe_of_more_than_256_lines_gives_one_line_each(cli_model):
     """A pipe is translated --buffer-size lines (256) at a time; the chunk border must not show."""
     sources = ["Ein Hund läuft.", "", "Eine Katze sitzt im Garten."] * 100
     stdin = "".join(line + "\n" for line in sources).encode("utf-8")
-    result = _invoke(["translate", "--model", cli_model, "--device", "cpu", "--beam", "1"], input=stdin)
+    result = invoke(["translate", "--model", cli_model, "--device", "cpu", "--beam", "1"], input=stdin)
     assert result.exit_code == 0, result.output
     lines = result.stdout.split("\n")[:-1]
     assert len(lines) == len(sources)
@@ -163,12 +163,12 @@ def test_translate_a_line_longer_than_the_model_reads_is_translated_whole_in_pie
     its translation is that of its pieces, and nothing warns about dropped words."""
     sources = ["Ein Hund."] * 299 + [", ".join(["ein Hund läuft im Park"] * 60)]  # line 300: > 255 subwords
     stdin = "".join(line + "\n" for line in sources).encode("utf-8")
-    result = _invoke(["translate", "--model", cli_model, "--device", "cpu", "--beam", "1"], input=stdin)
+    result = invoke(["translate", "--model", cli_model, "--device", "cpu", "--beam", "1"], input=stdin)
     assert result.exit_code == 0, result.output
     outputs = result.stdout.split("\n")[:-1]
     assert len(outputs) == len(sources)
     assert "warning" not in result.stderr
-    (one_piece,) = _invoke(
+    (one_piece,) = invoke(
         ["translate", "--model", cli_model, "--device", "cpu", "--beam", "1", "ein Hund läuft im Park,"]
     ).stdout.split("\n")[:-1]
     assert len(outputs[-1]) > 10 * len(one_piece)
@@ -437,7 +437,7 @@ def test_n_best_in_a_pipe_gives_moses_lines_best_first(model, corpus_pairs):
 @pytest.mark.slow
 def test_translate_accepts_the_run_directory_holding_model_safetensors(cli_model, tmp_path):
     (tmp_path / "model.safetensors").write_bytes(cli_model.read_bytes())
-    result = _invoke(["translate", "--model", tmp_path, "--device", "cpu", "Ein Hund läuft."])
+    result = invoke(["translate", "--model", tmp_path, "--device", "cpu", "Ein Hund läuft."])
     assert result.exit_code == 0, result.output
     assert len(result.stdout.splitlines()) == 1
 
