@@ -630,12 +630,12 @@ async def require_api_key(request: Request, data: Annotated[Any, Depends(request
     if expected is None:
         return
     given = _given_key(request, data)
-    try:
-        valid = bool(given) and secrets.compare_digest(given.encode(), expected.encode())
-    except UnicodeEncodeError:
-        raise HTTPException(400, "api_key must be valid Unicode text (it holds an unpaired surrogate)") from None
     if not given:
         raise HTTPException(400, "Please contact the server operator to get an API key")
+    try:
+        valid = secrets.compare_digest(given.encode(), expected.encode())
+    except UnicodeEncodeError:
+        raise HTTPException(400, "api_key must be valid Unicode text (it holds an unpaired surrogate)") from None
     if not valid:
         raise HTTPException(403, "Invalid API key")
 
