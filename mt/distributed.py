@@ -67,8 +67,14 @@ def start(device: torch.device) -> torch.device:
     return device
 
 
-def stop() -> None:
+def stop(finished: bool) -> None:
+    """Leave the process group. After a finished run the workers first wait for each
+    other, so that none tears down its connections while another still writes its
+    files (a gloo worker that did once aborted at exit: "terminate called without
+    an active exception")."""
     if dist.is_available() and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -571,6 +571,7 @@ def train(
     directory = RunDirectory(run.run_dir)
     resume = directory.check(run.overwrite)
     device = distributed.start(device)
+    finished = False
     try:
         workers = distributed.current()
         if not workers.is_main:  # the others would repeat every line
@@ -604,6 +605,7 @@ def train(
                 raise
         log(f"best validation BLEU {result.best_bleu:.2f}: {result.best}")
         log(f"last checkpoint: {result.last}")
+        finished = True
         return result
     finally:
-        distributed.stop()
+        distributed.stop(finished)
