@@ -72,14 +72,19 @@ def for_training(device: torch.device, *, bf16: bool, compile: bool) -> None:
 
 def bf16_supported(device: torch.device) -> bool:
     """Whether bf16 autocast can train here: on GPUs that have bf16, and on CPUs whose
-    oneDNN has bf16 LSTM kernels (AVX512-BF16 or AMX); other CPUs fail inside the LSTM."""
+    oneDNN has bf16 LSTM kernels (AVX512-BF16 or AMX); other CPUs fail inside the LSTM.
+    Asked of oneDNN's LSTM, the one training runs, even after `for_inference` turned it off
+    (torch's own LSTM would answer yes on every CPU)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
+    onednn, torch.backends.mkldnn.enabled = torch.backends.mkldnn.enabled, True
     try:
         with torch.autocast(device.type, dtype=torch.bfloat16):
             torch.nn.LSTM(4, 4, batch_first=True)(torch.zeros(1, 2, 4))
     except RuntimeError:
         return False
+    finally:
+        torch.backends.mkldnn.enabled = onednn
     return True
 
 

@@ -26,7 +26,7 @@ from mt.config import ModelConfig, MTError, TrainConfig
 from mt.data import CorpusSpec, TokenizedCorpus
 from mt.model import Seq2Seq
 from mt.run import RunDirectory
-from mt.runtime import bf16_supported, compiler_found
+from mt.runtime import bf16_supported, compiler_found, for_inference
 from mt.train import Interrupted, Trainer
 
 TINY = ["--embedding-size", "8", "--hidden-size", "8", "--layers", "1", "--batch-tokens", "400", "--device", "cpu"]
@@ -674,6 +674,20 @@ def test_training_stops_with_a_clear_error_when_every_step_is_non_finite(tokeniz
 
 # -- bf16 and --compile --------------------------------------------------------------------
 # --compile builds C++ kernels (Inductor): 20-60 s a test on 2 cores, so those tests are slow.
+
+
+def test_bf16_support_is_asked_of_the_training_lstm_whatever_ran_before():
+    """Translation turns oneDNN off (`for_inference`), and torch's own LSTM runs bf16 on any CPU;
+    training turns oneDNN back on, so the answer must not depend on what this process did before."""
+    cpu, before = torch.device("cpu"), torch.backends.mkldnn.enabled
+    try:
+        torch.backends.mkldnn.enabled = True
+        with_onednn = bf16_supported(cpu)
+        for_inference()
+        assert bf16_supported(cpu) == with_onednn
+        assert not torch.backends.mkldnn.enabled  # the question changed nothing
+    finally:
+        torch.backends.mkldnn.enabled = before
 
 
 @pytest.mark.skipif(
