@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from mt.checkpoint import read_info, resolve
-from mt.config import MTError
+from mt.config import MTError, TrainConfig
 
 
 class RunDirectory:
@@ -40,9 +40,11 @@ class RunDirectory:
         self.path = Path(path)
         self.last = self.path / "last.safetensors"
 
-    def check(self, overwrite: bool) -> bool:
-        """Whether to resume (reads only the header of `last`); refuses a file as the
-        directory, a finished run and a `last` without trainer state."""
+    def check(self, overwrite: bool, config: TrainConfig) -> bool:
+        """Whether to resume. Reads only the header of `last`, so that a refusal comes
+        before the corpora are read: refuses a file as the directory, a `last` without
+        trainer state and a run whose budget in `config` is spent already. A finished
+        run resumes when `config` gives it a larger budget."""
         if self.path.exists() and not self.path.is_dir():
             raise MTError(f"--output {self.path} is a file; the run needs a directory")
         if overwrite or not self.last.exists():
@@ -53,10 +55,9 @@ class RunDirectory:
                 f"{self.last} holds no trainer state (a copy of a best or averaged checkpoint?); "
                 "pass --overwrite to start afresh, or move it away"
             )
-        if state.get("finished"):
-            raise MTError(
-                f"{self.path} holds a finished run; pass --overwrite to train again, or choose another --output"
-            )
+        spent = budget_spent(state, config)
+        if spent:
+            raise MTError(f"{self.path} has {spent}; give a larger budget, or pass --overwrite to start afresh")
         return True
 
     @contextlib.contextmanager
@@ -90,6 +91,27 @@ class RunDirectory:
             *self.path.glob("step-*.safetensors"),
         ]:
             path.unlink(missing_ok=True)
+
+
+def budget_spent(state: dict[str, Any], config: TrainConfig) -> str | None:
+    """How a run in trainer `state` has used up `config`'s budget already (steps,
+    epochs, minutes, or patience: it stopped early), or None when there is training left."""
+    step, epoch = state.get("step", 0), state.get("epoch", 0)
+    if epoch >= config.max_epochs or (config.max_steps and step >= config.max_steps):
+        steps = f" --max-steps {config.max_steps}" if config.max_steps else ""
+        return f"trained {step} updates ({epoch} whole epochs) already: --epochs {config.max_epochs}{steps} leaves nothing to train"
+    minutes = state.get("elapsed_seconds", 0.0) / 60
+    if config.max_minutes and minutes >= config.max_minutes:
+        return (
+            f"trained for {minutes:.1f} minutes already: --max-minutes {config.max_minutes:g} leaves nothing to train"
+        )
+    without_gain = state.get("validations_without_gain", 0)
+    if config.patience and without_gain >= config.patience:
+        return (
+            f"stopped early after {without_gain} validations without a better BLEU: --patience {config.patience} "
+            "leaves nothing to train (0 turns early stopping off)"
+        )
+    return None
 
 
 def provenance(

@@ -251,13 +251,8 @@ class Trainer:
         if refused:
             differences = ", ".join(f"{key} {recorded[key]} (now {current[key]})" for key in refused)
             raise MTError(f"{self.last_path} was trained with {differences}; {advice}")
-        state = TrainerState(**checkpoint.info["trainer_state"])
-        cfg = self.config
-        if state.epoch >= cfg.max_epochs or (cfg.max_steps and state.step >= cfg.max_steps):
-            raise MTError(
-                f"{self.output} has trained {state.epoch} epochs ({state.step} updates) already, so --epochs "
-                f"{cfg.max_epochs}{f' --max-steps {cfg.max_steps}' if cfg.max_steps else ''} leaves nothing to train; give a larger budget"
-            )
+        # `RunDirectory.check` has made sure that the budget leaves something to train.
+        state = dataclasses.replace(TrainerState(**checkpoint.info["trainer_state"]), finished=False)
         self.model.load_state_dict(checkpoint.model.state_dict())
         load_optimizer(self.optimizer, checkpoint.extra, checkpoint.info["optimizer_groups"])
         self.state = state
@@ -569,7 +564,7 @@ def train(
         check_compilable(model_config)
     runtime.for_training(device, bf16=config.bf16, compile=config.compile)  # refuses them here, before any work
     directory = RunDirectory(run.run_dir)
-    resume = directory.check(run.overwrite)
+    resume = directory.check(run.overwrite, config)
     device = distributed.start(device)
     finished = False
     try:

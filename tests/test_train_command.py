@@ -10,7 +10,6 @@ mistakes a user makes with these commands are in test_mistakes.py.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import signal
 import subprocess
@@ -36,10 +35,6 @@ ATTENTION = dict(attention="bahdanau", num_layers=2, bidirectional=True)  # drop
 
 
 needs_compiler = pytest.mark.skipif(not compiler_found(), reason="torch.compile finds no C++ compiler (g++)")
-
-
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def assert_error_is_the_last_line(result, *fragments: str) -> None:
@@ -91,10 +86,11 @@ def train(setup, output: Path, *extra):
     return invoke(["train", *corpora(setup), "--tokenizer", setup["tokenizer"], "--output", output, *TINY, *extra])
 
 
-def unfinish(last: Path, **state_changes) -> None:
-    """Make a finished run look interrupted (as Ctrl-C leaves it)."""
+def edit_trainer_state(last: Path, **changes) -> None:
+    """Change the trainer state saved in `last`, as if the run had left it so
+    (`finished=False`: interrupted, as Ctrl-C leaves it)."""
     checkpoint = load_checkpoint(last, with_extra=True)
-    state = {**checkpoint.info["trainer_state"], "finished": False, **state_changes}
+    state = {**checkpoint.info["trainer_state"], **changes}
     save_checkpoint(
         last, checkpoint.model, checkpoint.tokenizers, {**checkpoint.info, "trainer_state": state}, checkpoint.extra
     )
@@ -340,7 +336,7 @@ def test_training_on_several_corpora_reports_and_logs_every_validation_set(setup
 def test_an_interrupted_run_on_several_corpora_resumes(setup, tmp_path):
     run = tmp_path / "run"
     assert train(setup, run, "--max-steps", "2").exit_code == 0
-    unfinish(run / "last.safetensors")
+    edit_trainer_state(run / "last.safetensors", finished=False)
     resumed = train(setup, run, "--max-steps", "4")
     assert resumed.exit_code == 0, resumed.output
     assert "resuming" in resumed.stderr and "max_steps 2 -> 4" in resumed.stderr
@@ -356,32 +352,11 @@ def test_train_overwrite_starts_a_finished_run_afresh(cli_corpus, cli_tokenizer,
     first = _train_tiny(cli_corpus, cli_tokenizer.directory, output)
     assert first.exit_code == 0, first.output
     refused = _train_tiny(cli_corpus, cli_tokenizer.directory, output)
-    _assert_cli_error(refused, "finished run", "--overwrite")
+    _assert_cli_error(refused, "nothing to train", "--overwrite")
     again = _train_tiny(cli_corpus, cli_tokenizer.directory, output, "--overwrite")
     assert again.exit_code == 0, again.output
     records = [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [2]  # the old log went with the old run
-
-
-@pytest.mark.slow
-def test_train_refuses_a_finished_run_without_overwrite(cli_corpus, cli_tokenizer, cli_run):
-    assert cli_run.result.exit_code == 0, cli_run.result.output
-    before = _digest(cli_run.last)
-    result = invoke(
-        [
-            "train",
-            "--train", cli_corpus.train,
-            "--valid", cli_corpus.valid,
-            "--tokenizer", cli_tokenizer.directory,
-            "--output", cli_run.directory,
-            "--embedding-size", 32,
-            "--hidden-size", 64,
-            "--layers", 1,
-            "--device", "cpu",
-        ]
-    )  # fmt: skip
-    _assert_cli_error(result, str(cli_run.directory), "finished run", "--overwrite")
-    assert _digest(cli_run.last) == before
 
 
 def test_overwrite_with_a_missing_corpus_keeps_the_old_run(setup, tmp_path):
@@ -428,8 +403,45 @@ def test_a_second_training_process_on_the_same_run_is_refused(setup, tmp_path):
 def test_resuming_with_fewer_epochs_than_done_is_refused(setup, tmp_path):
     run = tmp_path / "run"
     assert train(setup, run, "--max-steps", "2").exit_code == 0
-    unfinish(run / "last.safetensors", epoch=3)
-    assert_error_is_the_last_line(train(setup, run, "--epochs", "2"), "3 epochs", "--epochs 2", "larger budget")
+    edit_trainer_state(run / "last.safetensors", finished=False, epoch=3)
+    assert_error_is_the_last_line(train(setup, run, "--epochs", "2"), "3 whole epochs", "--epochs 2", "larger budget")
+
+
+def test_a_finished_run_trains_on_when_given_a_larger_budget(setup, tmp_path):
+    run = tmp_path / "run"
+    assert train(setup, run, "--max-steps", "2").exit_code == 0
+    before = {path.name: path.read_bytes() for path in run.iterdir()}
+    refused = train(setup, run, "--max-steps", "2")
+    assert_error_is_the_last_line(refused, str(run), "2 updates", "--max-steps 2", "larger budget", "--overwrite")
+    assert {path.name: path.read_bytes() for path in run.iterdir()} == before
+    resumed = train(setup, run, "--max-steps", "4")
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming" in resumed.stderr and "max_steps 2 -> 4" in resumed.stderr
+    state = load_checkpoint(run / "last.safetensors").info["trainer_state"]
+    assert state["step"] == 4 and state["finished"]
+    assert [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()] == [2, 4]
+
+
+@pytest.mark.parametrize(
+    ("stopped", "spent", "more", "fragments"),
+    [
+        (
+            {"elapsed_seconds": 90.0},
+            ["--max-minutes", "1"],
+            ["--max-minutes", "10"],
+            ["1.5 minutes", "--max-minutes 1"],
+        ),
+        ({"validations_without_gain": 2}, ["--patience", "2"], ["--patience", "0"], ["stopped early", "--patience 2"]),
+    ],
+)
+def test_a_run_out_of_time_or_patience_trains_on_when_given_more(setup, tmp_path, stopped, spent, more, fragments):
+    run = tmp_path / "run"
+    assert train(setup, run, "--max-steps", "2").exit_code == 0
+    edit_trainer_state(run / "last.safetensors", **stopped)  # as a run that stopped on it leaves it
+    assert_error_is_the_last_line(train(setup, run, "--max-steps", "3", *spent), *fragments, "larger budget")
+    resumed = train(setup, run, "--max-steps", "3", *more)
+    assert resumed.exit_code == 0, resumed.output
+    assert load_checkpoint(run / "last.safetensors").info["trainer_state"]["step"] == 3
 
 
 @pytest.mark.parametrize(
@@ -442,14 +454,12 @@ def test_resuming_with_fewer_epochs_than_done_is_refused(setup, tmp_path):
 def test_resuming_with_another_recipe_is_refused(setup, tmp_path, change, fragment):
     run = tmp_path / "run"
     assert train(setup, run, "--max-steps", "2").exit_code == 0
-    unfinish(run / "last.safetensors")
     assert_error_is_the_last_line(train(setup, run, "--max-steps", "3", *change), fragment, "--overwrite")
 
 
 def test_resuming_with_another_corpus_or_tokenizer_is_refused(setup, tmp_path, tokenizers, corpus_pairs):
     run = tmp_path / "run"
     assert train(setup, run, "--max-steps", "2").exit_code == 0
-    unfinish(run / "last.safetensors")
     other_corpus = invoke(["train", "--train", setup["big"], "--valid", setup["valid_a"], "--valid", setup["valid_b"], "--tokenizer", setup["tokenizer"], "--output", run, *TINY, "--max-steps", "3"])  # fmt: skip
     assert_error_is_the_last_line(other_corpus, "other training corpora")
     from mt.tokenizer import TokenizerPair, train_sentencepiece
@@ -486,7 +496,7 @@ def test_a_last_checkpoint_without_trainer_state_is_a_one_line_error(setup, tmp_
 def test_resume_removes_a_killed_writes_leftovers_and_logs_each_validation_once(setup, tmp_path):
     run = tmp_path / "run"
     assert train(setup, run, "--max-steps", "2", "--validate-every", "1").exit_code == 0
-    unfinish(run / "last.safetensors")
+    edit_trainer_state(run / "last.safetensors", finished=False)
     with open(run / "log.jsonl", "a") as log:  # a validation logged after `last` was saved, then a kill
         log.write(json.dumps({"step": 3}) + "\n")
     (run / ".last.safetensors.abc123.tmp").write_bytes(b"half a checkpoint")
@@ -630,7 +640,6 @@ def test_init_from_refuses_architecture_options_that_disagree(setup, parent, tmp
 def test_a_fine_tuning_run_resumes(setup, parent, tmp_path):
     base = fine_tune(setup, parent, tmp_path / "child")
     assert invoke([*base, "--max-steps", "1"]).exit_code == 0
-    unfinish(tmp_path / "child" / "last.safetensors")
     resumed = invoke([*base, "--max-steps", "2"])
     assert resumed.exit_code == 0, resumed.output
     assert "resuming" in resumed.stderr
