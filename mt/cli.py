@@ -233,7 +233,8 @@ def train_cli(
 ):
     """Train an encoder-decoder; keeps the best (by validation BLEU) and the last checkpoint.
 
-    Re-running the same command on the same --output resumes an interrupted run.
+    Re-running the same command on the same --output resumes an interrupted run,
+    and a finished one given a larger budget (--max-steps, --epochs, --max-minutes).
     Several --train corpora are mixed into one (PATH:N: N copies per epoch);
     with several --valid sets, the mean of their BLEU selects the best model.
     --init-from fine-tunes a trained model (e.g. on a new domain) in a new run.
