@@ -230,8 +230,9 @@ class Trainer:
 
     def resume(self) -> list[str]:
         """Continue from `last`. Refuses another architecture, tokenizer, training or
-        validation corpora, or recipe; the budget and schedule (`RESUMABLE_CHANGES`) may
-        change. Returns those changes, as "name old -> new"."""
+        validation corpora, --init-from model (its record would be wrong), or recipe; the
+        budget and schedule (`RESUMABLE_CHANGES`) may change. Returns those changes, as
+        "name old -> new"."""
         checkpoint = load_checkpoint(self.last_path, self.device, with_extra=True)
         advice = "resume with the options and files it started with, or pass --overwrite to start afresh"
         if checkpoint.model.config != self.model_config:
@@ -245,6 +246,11 @@ class Trainer:
         ):
             if key in checkpoint.info and key in self.info and checkpoint.info[key] != self.info[key]:
                 raise MTError(f"{self.last_path} was trained on other {what}; {advice}")
+        if "init_from" in checkpoint.info:  # a fine-tuning run's parent, compared by content
+            started, now = checkpoint.info["init_from"], self.info.get("init_from")
+            if (started or {}).get("sha256") != (now or {}).get("sha256"):
+                was = f"fine-tuned from {started['path']}" if started else "trained without --init-from"
+                raise MTError(f"{self.last_path} was {was}: another --init-from than now; {advice}")
         recorded, current = checkpoint.info.get("train_config", {}), self.config.to_dict()
         changed = sorted(key for key in current if key in recorded and recorded[key] != current[key])
         refused = [key for key in changed if key not in RESUMABLE_CHANGES]

@@ -646,6 +646,21 @@ def test_a_fine_tuning_run_resumes(setup, parent, tmp_path):
     assert load_checkpoint(tmp_path / "child" / "last.safetensors").info["trainer_state"]["step"] == 2
 
 
+def test_a_fine_tuning_run_resumes_only_from_the_parent_it_started_from(setup, parent, tmp_path):
+    base = fine_tune(setup, parent, tmp_path / "child")
+    assert invoke([*base, "--max-steps", "1"]).exit_code == 0
+    moved = tmp_path / "moved.safetensors"
+    moved.write_bytes(parent.read_bytes())
+    replaced = tmp_path / "replaced.safetensors"  # the parent's path, now holding another model of its kind
+    replaced.write_bytes((tmp_path / "child" / "best.safetensors").read_bytes())
+    child = ["--train", setup["small"], "--valid", setup["valid_a"], "--output", tmp_path / "child", "--device", "cpu"]
+    refused = invoke(["train", "--init-from", replaced, *child, "--max-steps", "2"])
+    assert_error_is_the_last_line(refused, f"fine-tuned from {parent}", "another --init-from", "--overwrite")
+    resumed = invoke(["train", "--init-from", moved, *child, "--max-steps", "2"])  # the same model, by content
+    assert resumed.exit_code == 0, resumed.output
+    assert load_checkpoint(tmp_path / "child" / "last.safetensors").info["init_from"]["path"] == str(moved)
+
+
 # -- repeatability and bad steps -----------------------------------------------------------
 
 
