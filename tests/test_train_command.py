@@ -651,7 +651,7 @@ def test_a_fine_tuning_run_resumes_only_from_the_parent_it_started_from(setup, p
     assert invoke([*base, "--max-steps", "1"]).exit_code == 0
     moved = tmp_path / "moved.safetensors"
     moved.write_bytes(parent.read_bytes())
-    replaced = tmp_path / "replaced.safetensors"  # the parent's path, now holding another model of its kind
+    replaced = tmp_path / "replaced.safetensors"  # another model of the parent's kind (its own child)
     replaced.write_bytes((tmp_path / "child" / "best.safetensors").read_bytes())
     child = ["--train", setup["small"], "--valid", setup["valid_a"], "--output", tmp_path / "child", "--device", "cpu"]
     refused = invoke(["train", "--init-from", replaced, *child, "--max-steps", "2"])
