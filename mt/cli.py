@@ -223,7 +223,8 @@ def train_cli(
         Path | None,
         typer.Option(
             help="Start from this trained model's weights, tokenizer and architecture (fine-tuning), "
-            "with a fresh optimizer and schedule; architecture options must agree with it."
+            "with a fresh optimizer and schedule; architecture options must agree with it, but a larger "
+            "--hidden-size widens it (the wider model starts by translating as it does)."
         ),
     ] = None,
     overwrite: Annotated[

@@ -44,6 +44,7 @@ from mt.model import Seq2Seq
 from mt.run import RunDirectory, load_optimizer, optimizer_tensors, provenance
 from mt.tokenizer import TokenizerPair
 from mt.translator import Translator
+from mt.widen import inherit_weights
 
 
 @dataclass
@@ -534,19 +535,26 @@ def model_to_train(
 ) -> ModelConfig:
     """The config of the model to train: `model` (ModelConfig fields but the vocabulary
     sizes) with `tokenizers`' vocabulary, or, fine-tuning, the `parent` checkpoint's
-    architecture with this run's dropout and cell implementation; an architecture
-    field the user `chosen` with another value than the parent's is an error."""
+    architecture with this run's dropout and cell implementation, and a hidden size the
+    user `chosen` (the parent is widened: `mt.widen`); another architecture field
+    `chosen` with another value than the parent's is an error."""
     if parent is None:
         sizes = {"src_vocab_size": tokenizers.source.vocab_size, "tgt_vocab_size": tokenizers.target.vocab_size}
         return ModelConfig(**sizes, **model)
     theirs = parent.model.config
     for name, option in ARCHITECTURE.items():
-        if name in chosen and model[name] != getattr(theirs, name):
+        if name in chosen and name != "hidden_size" and model[name] != getattr(theirs, name):
             raise MTError(
                 f"{option} {model[name]} conflicts with --init-from, whose model has {getattr(theirs, name)}; "
                 "leave the option out"
             )
-    return dataclasses.replace(theirs, dropout=model["dropout"], cell_impl=model["cell_impl"])
+    hidden_size = model["hidden_size"] if "hidden_size" in chosen else theirs.hidden_size
+    if hidden_size < theirs.hidden_size:
+        raise MTError(
+            f"--hidden-size {hidden_size} is smaller than the --init-from model's {theirs.hidden_size}: "
+            "a model can be widened, not narrowed"
+        )
+    return dataclasses.replace(theirs, hidden_size=hidden_size, dropout=model["dropout"], cell_impl=model["cell_impl"])
 
 
 def train(
@@ -589,7 +597,12 @@ def train(
             )
             trainer = Trainer(model_config, config, tokenizers, corpus, validation, directory.path, device, info)
             if parent is not None:
-                trainer.model.load_state_dict(parent.model.state_dict())
+                inherit_weights(trainer.model, parent.model)
+                if model_config.hidden_size != parent.model.config.hidden_size:
+                    log(
+                        f"widened {run.init_from} from {parent.model.config.hidden_size} to "
+                        f"{model_config.hidden_size} hidden units; it starts translating as that model does"
+                    )
             if resume:
                 changes = trainer.resume()
                 log(f"resuming {directory.path} at step {trainer.state.step} (epoch {trainer.state.epoch + 1})")

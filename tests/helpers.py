@@ -144,3 +144,13 @@ def _write_lines(path: Path, lines: list[str]) -> Path:
 
 # A model small enough to train in a test: the Trainer's and the Translator's tests.
 TINY_MODEL = dict(embedding_size=16, hidden_size=24, num_layers=1, dropout=0.2)
+
+
+def random_targets(lengths: list[int], vocab_size: int, seed: int = 1) -> torch.Tensor:
+    """(B, T) decoder inputs: bos then random tokens, right-padded with 0."""
+    generator = torch.Generator().manual_seed(seed)
+    target = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
+    for row, length in enumerate(lengths):
+        target[row, 0] = 2
+        target[row, 1:length] = torch.randint(4, vocab_size, (length - 1,), generator=generator)
+    return target

@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import random_targets
 
 from mt.config import ModelConfig, MTError
 from mt.loss import label_smoothed_loss
 from mt.model import reverse_padded
 
 SRC_V, TGT_V, E, H = 17, 23, 8, 12
-
-
-def random_targets(lengths: list[int], vocab_size: int, seed: int = 1) -> torch.Tensor:
-    """(B, T) decoder inputs: bos then random tokens, right-padded with 0."""
-    generator = torch.Generator().manual_seed(seed)
-    target = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
-    for row, length in enumerate(lengths):
-        target[row, 0] = 2
-        target[row, 1:length] = torch.randint(4, vocab_size, (length - 1,), generator=generator)
-    return target
 
 
 def test_forward_gives_logits_for_every_target_position(architecture, make_model, make_sources):

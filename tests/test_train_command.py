@@ -610,6 +610,21 @@ def test_init_from_starts_with_the_parents_weights_and_tokenizer(setup, parent, 
     assert record["path"] == str(parent) and len(record["sha256"]) == 64 and record["step"] == 2
 
 
+def test_init_from_with_a_larger_hidden_size_widens_the_parent(setup, parent, tmp_path):
+    result = invoke(["train", "--init-from", parent, "--hidden-size", "16", "--train", setup["small"], "--valid", setup["valid_a"], "--output", tmp_path / "child", "--device", "cpu", "--max-steps", "1", "--lr", "1e-12", "--validate-every", "1"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert f"widened {parent} from 12 to 16 hidden units" in " ".join(result.stderr.split())
+    before, after = load_checkpoint(parent), load_checkpoint(tmp_path / "child" / "last.safetensors")
+    assert after.model.config.hidden_size == 16 and before.model.config.hidden_size == 12
+    source = torch.tensor([before.tokenizers.source.encode(["ein Hund läuft"])[0] + [3]])
+    target_in = torch.tensor([[2, *before.tokenizers.target.encode(["a dog runs"])[0]]])
+    lengths = torch.tensor([source.size(1)])
+    # One step at lr 1e-12: the widened model still computes what its parent did.
+    assert torch.allclose(
+        after.model(source, lengths, target_in)[0], before.model(source, lengths, target_in)[0], atol=1e-4
+    )
+
+
 def fine_tune(setup, parent: Path, output: Path) -> list:
     """`mt train --init-from PARENT` on the small corpus, without options of its own yet."""
     return [
@@ -629,7 +644,7 @@ def fine_tune(setup, parent: Path, output: Path) -> list:
 
 def test_init_from_refuses_architecture_options_that_disagree(setup, parent, tmp_path):
     base = fine_tune(setup, parent, tmp_path / "child")
-    assert_error_is_the_last_line(invoke([*base, "--hidden-size", "16"]), "--hidden-size 16", "12")
+    assert_error_is_the_last_line(invoke([*base, "--hidden-size", "8"]), "--hidden-size 8", "12", "narrowed")
     assert_error_is_the_last_line(invoke([*base, "--attention", "bahdanau"]), "--attention bahdanau")
     assert_error_is_the_last_line(invoke([*base, "--tokenizer", setup["tokenizer"]]), "--tokenizer", "--init-from")
     assert (
