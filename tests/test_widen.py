@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers import random_targets
 
-from mt.widen import positions, inherit_weights, layouts
+from mt.widen import inherit_weights, layouts, positions
 
 SRC_V, TGT_V = 17, 23
 
