@@ -26,7 +26,8 @@ from mt.model import Seq2Seq
 Blocks = tuple[tuple[int, int], ...]
 
 # Luong's score sums keys x query over H: a new key row would add a product of new
-# units to every old score, so the key's new rows start at zero as well.
+# units to every old score, so the key's new rows start at zero as well (Bahdanau's
+# new key rows would be cancelled by the zero energy weights; zero does no harm there).
 ZERO_NEW_ROWS = frozenset({"decoder.attention.key.weight"})
 
 
