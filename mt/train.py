@@ -596,7 +596,7 @@ def train(
                 run.src, run.tgt, corpora, list(validation), config.seed, workers.world_size, run.init_from, parent
             )
             trainer = Trainer(model_config, config, tokenizers, corpus, validation, directory.path, device, info)
-            if parent is not None:
+            if parent is not None and not resume:  # a resumed run's weights come from its checkpoint
                 inherit_weights(trainer.model, parent.model)
                 if model_config.hidden_size != parent.model.config.hidden_size:
                     log(

@@ -623,6 +623,9 @@ def test_init_from_with_a_larger_hidden_size_widens_the_parent(setup, parent, tm
     assert torch.allclose(
         after.model(source, lengths, target_in)[0], before.model(source, lengths, target_in)[0], atol=1e-4
     )
+    resumed = invoke(["train", "--init-from", parent, "--hidden-size", "16", "--train", setup["small"], "--valid", setup["valid_a"], "--output", tmp_path / "child", "--device", "cpu", "--max-steps", "2", "--lr", "1e-12", "--validate-every", "1"])  # fmt: skip
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming" in resumed.stderr and "widened" not in resumed.stderr  # it goes on from its own weights
 
 
 def fine_tune(setup, parent: Path, output: Path) -> list:
