@@ -611,7 +611,8 @@ def test_init_from_starts_with_the_parents_weights_and_tokenizer(setup, parent, 
 
 
 def test_init_from_with_a_larger_hidden_size_widens_the_parent(setup, parent, tmp_path):
-    result = invoke(["train", "--init-from", parent, "--hidden-size", "16", "--train", setup["small"], "--valid", setup["valid_a"], "--output", tmp_path / "child", "--device", "cpu", "--max-steps", "1", "--lr", "1e-12", "--validate-every", "1"])  # fmt: skip
+    widen = ["train", "--init-from", parent, "--hidden-size", "16", "--train", setup["small"], "--valid", setup["valid_a"], "--output", tmp_path / "child", "--device", "cpu", "--lr", "1e-12", "--validate-every", "1"]  # fmt: skip
+    result = invoke([*widen, "--max-steps", "1"])
     assert result.exit_code == 0, result.output
     assert f"widened {parent} from 12 to 16 hidden units" in " ".join(result.stderr.split())
     before, after = load_checkpoint(parent), load_checkpoint(tmp_path / "child" / "last.safetensors")
@@ -623,7 +624,7 @@ def test_init_from_with_a_larger_hidden_size_widens_the_parent(setup, parent, tm
     assert torch.allclose(
         after.model(source, lengths, target_in)[0], before.model(source, lengths, target_in)[0], atol=1e-4
     )
-    resumed = invoke(["train", "--init-from", parent, "--hidden-size", "16", "--train", setup["small"], "--valid", setup["valid_a"], "--output", tmp_path / "child", "--device", "cpu", "--max-steps", "2", "--lr", "1e-12", "--validate-every", "1"])  # fmt: skip
+    resumed = invoke([*widen, "--max-steps", "2"])
     assert resumed.exit_code == 0, resumed.output
     assert "resuming" in resumed.stderr and "widened" not in resumed.stderr  # it goes on from its own weights
 
