@@ -313,7 +313,9 @@ class Trainer:
         state = self.state
         record = {
             "step": state.step,
-            "epoch": state.epoch,
+            # Counted from 1 as the progress line counts: the epoch the validation falls in (at an
+            # epoch's end, after `epoch` was advanced, the one just finished).
+            "epoch": state.epoch + (state.batch_in_epoch > 0),
             "validation_loss": round(sum(s["loss"] for s in per_set.values()) / len(per_set), 4),
             "validation_bleu": bleu,
             "learning_rate": state.learning_rate,

@@ -22,7 +22,7 @@ from helpers import TINY_MODEL, _assert_cli_error, _train_tiny, invoke, run_mt, 
 
 from mt.checkpoint import load_checkpoint, save_checkpoint
 from mt.config import ModelConfig, MTError, TrainConfig
-from mt.data import CorpusSpec, TokenizedCorpus
+from mt.data import CorpusSpec, TokenizedCorpus, make_batches
 from mt.model import Seq2Seq
 from mt.run import RunDirectory
 from mt.runtime import bf16_supported, compiler_found, for_inference
@@ -689,6 +689,20 @@ def test_same_seed_gives_bit_identical_weights(tokenizers, corpus_pairs, tmp_pat
     second = make_trainer(tokenizers, corpus_pairs, tmp_path / "b")
     second.run()
     assert_same_weights(weights(first.model), weights(second.model))
+
+
+def test_validations_name_the_epoch_as_the_progress_line_counts_it(tokenizers, corpus_pairs, tmp_path):
+    """Epochs count from 1, mid-epoch and at an epoch's end alike, in log.jsonl and on screen."""
+    probe = make_trainer(tokenizers, corpus_pairs, tmp_path / "probe")
+    per_epoch = len(make_batches(probe.corpus.lengths, 200))
+    for validate_every, expected in [(1, [1] * per_epoch + [2]), (0, [1, 2])]:
+        run = tmp_path / f"every-{validate_every}"
+        trainer = make_trainer(
+            tokenizers, corpus_pairs, run, validate_every=validate_every, max_steps=per_epoch + 1, max_epochs=2
+        )
+        trainer.run()
+        records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+        assert [r["epoch"] for r in records] == expected
 
 
 def test_non_finite_steps_are_skipped_and_counted(tokenizers, corpus_pairs, tmp_path):
