@@ -694,7 +694,7 @@ def test_same_seed_gives_bit_identical_weights(tokenizers, corpus_pairs, tmp_pat
 def test_validations_name_the_epoch_as_the_progress_line_counts_it(tokenizers, corpus_pairs, tmp_path):
     """Epochs count from 1, mid-epoch and at an epoch's end alike, in log.jsonl and on screen."""
     probe = make_trainer(tokenizers, corpus_pairs, tmp_path / "probe")
-    per_epoch = len(make_batches(probe.corpus.lengths, 200))
+    per_epoch = len(make_batches(probe.corpus.lengths, probe.config.batch_tokens))
     for validate_every, expected in [(1, [1] * per_epoch + [2]), (0, [1, 2])]:
         run = tmp_path / f"every-{validate_every}"
         trainer = make_trainer(
