@@ -129,6 +129,9 @@ class CellType:
     # The GRU's step reads torch's split weights: its reset gate scales the recurrent
     # part alone, so W [h_{t-1}, x_t] cannot be formed for its candidate.
     joined_weights: bool = True
+    # Per gate, the sign of a saturating pre-activation that carries the state over a step
+    # unchanged (`run_fused_held`); None where no gate can (the plain RNN).
+    hold: tuple[int, ...] | None = None
 
     @property
     def states(self) -> int:
@@ -144,12 +147,75 @@ class CellType:
 
 
 CELL_TYPES: dict[Cell, CellType] = {
-    Cell.lstm: CellType(gates=4, has_cell_state=True, fused=nn.LSTM, step=lstm_step, update=lstm_update),
+    # LSTM: input gate 0 and forget gate 1 keep C_t; GRU: update gate 1 keeps h_t.
+    Cell.lstm: CellType(
+        gates=4, has_cell_state=True, fused=nn.LSTM, step=lstm_step, update=lstm_update, hold=(-1, 1, 0, 0)
+    ),
     Cell.gru: CellType(
-        gates=3, has_cell_state=False, fused=nn.GRU, step=gru_step, update=gru_update, joined_weights=False
+        gates=3,
+        has_cell_state=False,
+        fused=nn.GRU,
+        step=gru_step,
+        update=gru_update,
+        joined_weights=False,
+        hold=(0, 1, 0),
     ),
     Cell.rnn: CellType(gates=1, has_cell_state=False, fused=nn.RNN, step=rnn_step, update=rnn_update),
 }
+
+
+# A pre-activation this large puts a gate's sigmoid at exactly 0 or 1, in fp32 and in bf16.
+SATURATED = 1e4
+
+
+def run_fused_held(rnn: nn.RNNBase, cell: Cell, inputs: torch.Tensor, lengths: torch.Tensor):
+    """torch's fused LSTM or GRU `rnn` (batch_first, zero initial state) over padded inputs
+    (B, S, I) with lengths (B,) -> outputs (B, S, H * directions), zero at padding, and the
+    final state like torch's: what `rnn` gives the same sequences packed.
+
+    On the CPU a packed sequence runs torch's own loop of small products, step by step;
+    a padded one runs oneDNN's fused kernel, which under bf16 autocast is AMX's (or
+    AVX512-BF16's) and about 1.5x faster (`docs/benchmarks.md`). Padding must then
+    leave the state alone: every layer reads an extra input, 1 at padding, whose weights
+    saturate the gates that keep the state (`CellType.hold`), so that the state crosses the
+    padding unchanged, and the gradient is zero there. Each sequence's final state is thus
+    the one at its length (the LSTM's h_t aside, which its output gate still changes: it is
+    read from the outputs); the backward direction starts from the zero state, held
+    through the padding it reads first."""
+    cell_type = CELL_TYPES[cell]
+    batch, steps = inputs.shape[:2]
+    directions = 2 if rnn.bidirectional else 1
+    hidden = rnn.hidden_size
+    padding = torch.arange(steps, device=inputs.device)[None, :] >= lengths.to(inputs.device)[:, None]  # (B, S)
+    rows, last = torch.arange(batch, device=inputs.device), lengths.to(inputs.device) - 1
+    hold = torch.tensor(cell_type.hold, dtype=torch.float32, device=inputs.device).repeat_interleave(hidden)
+    final_h, final_c, layer_input = [], [], inputs
+    for layer in range(rnn.num_layers):
+        # Two flag columns where the input width is even: an odd width halves the speed of oneDNN's bf16 kernel.
+        width = 2 - layer_input.size(-1) % 2
+        flagged = torch.cat([layer_input, padding[:, :, None].expand(-1, -1, width).to(layer_input.dtype)], dim=-1)
+        params = []
+        for suffix in ["", "_reverse"][:directions]:
+            weight_ih = getattr(rnn, f"weight_ih_l{layer}{suffix}")
+            column = (SATURATED / width * hold).to(weight_ih.dtype)[:, None].expand(-1, width)
+            params.append(torch.cat([weight_ih, column], dim=1))
+            params.append(getattr(rnn, f"weight_hh_l{layer}{suffix}"))
+            if rnn.bias:
+                params += [getattr(rnn, f"bias_ih_l{layer}{suffix}"), getattr(rnn, f"bias_hh_l{layer}{suffix}")]
+        zeros = inputs.new_zeros(directions, batch, hidden)
+        options = (params, rnn.bias, 1, 0.0, rnn.training, rnn.bidirectional, True)  # one layer, batch first
+        if cell_type.has_cell_state:
+            outputs, h, c = torch.lstm(flagged, (zeros, zeros), *options)
+            final_c += list(c)
+        else:
+            outputs, h = torch.gru(flagged, zeros, *options)
+        outputs = outputs.masked_fill(padding[:, :, None], 0)
+        final_h += [outputs[rows, last, :hidden], *h[1:]]  # forward: at the length; backward: after position 0
+        layer_input = outputs
+        if rnn.dropout and rnn.training and layer < rnn.num_layers - 1:
+            layer_input = nn.functional.dropout(layer_input, rnn.dropout, training=True)
+    hidden_state = torch.stack(final_h)
+    return layer_input, ((hidden_state, torch.stack(final_c)) if cell_type.has_cell_state else hidden_state)
 
 
 @dataclass

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from mt.cells import CELL_TYPES, ReferenceRNN, UnrolledRNN, reverse_padded
+from mt.cells import CELL_TYPES, ReferenceRNN, UnrolledRNN, reverse_padded, run_fused_held
 from mt.config import AttentionKind, Cell, CellImpl, ModelConfig, MTError
 
 # A recurrent state: (hidden_state, cell_state) for an LSTM, hidden_state
@@ -103,6 +103,7 @@ class Encoder(nn.Module):
         super().__init__()
         self.reverse_source = config.reverse_source
         self.bidirectional = config.bidirectional
+        self.cell = config.cell
         self.embedding = embedding
         self.dropout = nn.Dropout(config.dropout)
         directions = 2 if config.bidirectional else 1
@@ -123,6 +124,8 @@ class Encoder(nn.Module):
         embedded = self.dropout(self.embedding(source))  # (B, S, E)
         if isinstance(self.rnn, UnrolledRNN):  # the reference cells and int8 layers take lengths, not packing
             memory, state = self.rnn(embedded, None, lengths)  # (B, S, H)
+        elif self._fused_over_padding(embedded):
+            memory, state = run_fused_held(self.rnn, self.cell, embedded, lengths)
         else:
             packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
             outputs, state = self.rnn(packed)
@@ -134,6 +137,19 @@ class Encoder(nn.Module):
             bridged = tuple(torch.tanh(linear(self._join_directions(s))) for linear, s in zip(self.bridge, states))
             state = bridged if isinstance(state, tuple) else bridged[0]
         return memory, state
+
+    def _fused_over_padding(self, embedded: torch.Tensor) -> bool:
+        """Whether to train on padded sequences (`run_fused_held`) rather than packed ones: on
+        a CPU under bf16 autocast, where oneDNN's fused bf16 kernel is the faster; in fp32 its
+        kernel is slower than torch's loop over a packed sequence (`docs/benchmarks.md`)."""
+        device = embedded.device.type
+        return (
+            self.training
+            and device == "cpu"
+            and torch.is_autocast_enabled(device)
+            and torch.get_autocast_dtype(device) == torch.bfloat16
+            and CELL_TYPES[self.cell].hold is not None
+        )
 
     @staticmethod
     def _join_directions(state: torch.Tensor) -> torch.Tensor:
