@@ -10,6 +10,9 @@ backward pass by the part that made each node, the optimizer and the data.
 
     python bench/profile_training.py --updates 10 [--bf16] [--compile]
 
+With `--no-profile` it only times the updates (no profiler, no table): fixed work, the same
+batches in every run, to compare two settings or two commits run alternately.
+
 With `--compile` (`mt train --compile`) the decoder's LSTM and attention run inside
 the compiled step: the profiler sees the step, not its parts, so their rows are empty.
 """
@@ -49,6 +52,7 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=10)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast, as mt train --bf16")
     parser.add_argument("--compile", action="store_true", help="the decoder's step compiled, as mt train --compile")
+    parser.add_argument("--no-profile", action="store_true", help="time the updates only")
     args = parser.parse_args()
 
     import datasets
@@ -68,7 +72,40 @@ def main() -> None:
             ModelConfig(*vocabulary, **ATTENTION_RECIPE), config, tokenizers, corpus, {"none": ([], [])},
             Path(scratch), torch.device("cpu"), {},
         )  # fmt: skip
-    model = trainer.model.train()
+    trainer.model.train()
+    if not args.no_profile:
+        _scope_parts(trainer)
+    batches = make_batches(corpus.lengths, config.batch_tokens, torch.Generator().manual_seed(1))
+    for indices in batches[:3]:  # warm-up (with --compile, the compilation)
+        trainer.train_step([indices])
+    measured = batches[3 : 3 + args.updates]
+    if args.no_profile:
+        started = time.perf_counter()
+        for indices in measured:
+            trainer.train_step([indices])
+        _print_speed(corpus, measured, time.perf_counter() - started)
+        return
+    started = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        for indices in measured:
+            trainer.train_step([indices])
+    _print_speed(corpus, measured, time.perf_counter() - started)
+
+    scope, by_creator = _attribute(profiler.events())
+    per_update = len(measured) * 1000  # microseconds -> milliseconds per update
+    print("| part | forward ms | backward ms |\n|---|---|---|")
+    for name in PARTS:
+        if name != "backward":
+            print(f"| {name} | {scope[name] / per_update:.0f} | {by_creator[name] / per_update:.0f} |")
+    print(f"| (backward, all) | | {scope['backward'] / per_update:.0f} |")
+    print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=40))
+
+
+def _scope_parts(trainer) -> None:
+    """Profiler scopes around each part of an update (PARTS)."""
+    from mt import train
+
+    model = trainer.model
     _scoped(model.encoder, "forward", "encoder")
     _scoped(model.decoder, "forward", "decoder loop")
     _scoped(model.decoder.rnn, "forward", "decoder loop: LSTM")
@@ -85,29 +122,13 @@ def main() -> None:
 
     torch.Tensor.backward = scoped_backward
 
-    batches = make_batches(corpus.lengths, config.batch_tokens, torch.Generator().manual_seed(1))
-    for indices in batches[:3]:  # warm-up (with --compile, the compilation)
-        trainer.train_step([indices])
-    measured = batches[3 : 3 + args.updates]
-    started = time.perf_counter()
-    with profile(activities=[ProfilerActivity.CPU]) as profiler:
-        for indices in measured:
-            trainer.train_step([indices])
-    seconds = time.perf_counter() - started
+
+def _print_speed(corpus, measured: list, seconds: float) -> None:
     sources, targets = corpus.ids(torch.cat(list(measured)))
     tokens = sum(len(ids) + 1 for ids in sources) + sum(len(ids) + 1 for ids in targets)
-
-    scope, by_creator = _attribute(profiler.events())
-    per_update = len(measured) * 1000  # microseconds -> milliseconds per update
     print(
         f"{len(measured)} updates, {seconds / len(measured) * 1000:.0f} ms per update, {tokens / seconds:,.0f} tokens/s"
     )
-    print("| part | forward ms | backward ms |\n|---|---|---|")
-    for name in PARTS:
-        if name != "backward":
-            print(f"| {name} | {scope[name] / per_update:.0f} | {by_creator[name] / per_update:.0f} |")
-    print(f"| (backward, all) | | {scope['backward'] / per_update:.0f} |")
-    print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=40))
 
 
 def _attribute(events) -> tuple[dict[str, float], dict[str, float]]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,13 @@ from mt.config import AttentionKind, Cell, CellImpl, ModelConfig, MTError
 # A recurrent state: (hidden_state, cell_state) for an LSTM, hidden_state
 # alone for GRU and plain RNN cells; each tensor is (L, B, H).
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
+@cache
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX (Intel's matrix tiles), as torch's cpuinfo says; asked once."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private in torch 2.13
+    return bool(probe is not None and probe())
 
 
 def map_state(state: State, fn: Callable[[torch.Tensor], torch.Tensor]) -> State:
@@ -140,8 +147,9 @@ class Encoder(nn.Module):
 
     def _fused_over_padding(self, embedded: torch.Tensor) -> bool:
         """Whether to train on padded sequences (`run_fused_held`) rather than packed ones: on
-        a CPU under bf16 autocast, where oneDNN's fused bf16 kernel is the faster; in fp32 its
-        kernel is slower than torch's loop over a packed sequence (`docs/benchmarks.md`)."""
+        a CPU with AMX under bf16 autocast, where oneDNN's fused AMX kernel measured 1.5x
+        torch's loop over a packed sequence. In fp32 oneDNN's kernel is the slower; CPUs
+        without AMX keep the path measured on them (`docs/benchmarks.md`)."""
         device = embedded.device.type
         return (
             self.training
@@ -149,6 +157,7 @@ class Encoder(nn.Module):
             and torch.is_autocast_enabled(device)
             and torch.get_autocast_dtype(device) == torch.bfloat16
             and CELL_TYPES[self.cell].hold is not None
+            and cpu_has_amx()
         )
 
     @staticmethod

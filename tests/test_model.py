@@ -8,7 +8,7 @@ from helpers import random_targets
 
 from mt.config import ModelConfig, MTError
 from mt.loss import label_smoothed_loss
-from mt.model import reverse_padded
+from mt.model import Seq2Seq, reverse_padded
 
 SRC_V, TGT_V, E, H = 17, 23, 8, 12
 
@@ -204,3 +204,32 @@ def test_model_config_round_trips_through_a_dict():
     assert ModelConfig.from_dict(config.to_dict()) == config
     with pytest.raises(MTError, match="unknown"):
         ModelConfig.from_dict({**config.to_dict(), "heads": 8})
+
+
+class _Reached(Exception):
+    """Raised by a stand-in to say which path the encoder took, before any kernel runs."""
+
+
+@pytest.mark.parametrize("amx", [True, False], ids=["amx", "no-amx"])
+@pytest.mark.parametrize("bf16", [True, False], ids=["bf16", "fp32"])
+def test_the_encoder_trains_over_held_padding_in_bf16_on_amx_cpus_only(monkeypatch, amx, bf16):
+    import mt.model
+
+    def reached(path):
+        def stand_in(*args, **kwargs):
+            raise _Reached(path)
+
+        return stand_in
+
+    monkeypatch.setattr(mt.model, "cpu_has_amx", lambda: amx)
+    monkeypatch.setattr(mt.model, "run_fused_held", reached("held"))
+    monkeypatch.setattr(mt.model, "pack_padded_sequence", reached("packed"))
+    model = Seq2Seq(
+        ModelConfig(src_vocab_size=20, tgt_vocab_size=20, embedding_size=8, hidden_size=8, bidirectional=True)
+    )
+    source, lengths = torch.randint(4, 20, (3, 5)), torch.tensor([5, 3, 2])
+    for training in (True, False):
+        model.train(training)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), pytest.raises(_Reached) as path:
+            model.encoder(source, lengths)
+        assert str(path.value) == ("held" if training and bf16 and amx else "packed")
