@@ -174,8 +174,8 @@ def run_fused_held(rnn: nn.RNNBase, cell: Cell, inputs: torch.Tensor, lengths: t
     final state like torch's: what `rnn` gives the same sequences packed.
 
     On the CPU a packed sequence runs torch's own loop of small products, step by step;
-    a padded one runs oneDNN's fused kernel, which under bf16 autocast is AMX's (or
-    AVX512-BF16's) and about 1.5x faster (`docs/benchmarks.md`). Padding must then
+    a padded one runs oneDNN's fused kernel, which under bf16 autocast on a CPU with AMX is
+    about 1.5x faster (`docs/benchmarks.md`; `Encoder` decides where). Padding must then
     leave the state alone: every layer reads an extra input, 1 at padding, whose weights
     saturate the gates that keep the state (`CellType.hold`), so that the state crosses the
     padding unchanged, and the gradient is zero there. Each sequence's final state is thus
