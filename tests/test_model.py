@@ -6,6 +6,7 @@ import pytest
 import torch
 from helpers import random_targets
 
+import mt.model
 from mt.config import ModelConfig, MTError
 from mt.loss import label_smoothed_loss
 from mt.model import Seq2Seq, reverse_padded
@@ -213,8 +214,6 @@ class _Reached(Exception):
 @pytest.mark.parametrize("amx", [True, False], ids=["amx", "no-amx"])
 @pytest.mark.parametrize("bf16", [True, False], ids=["bf16", "fp32"])
 def test_the_encoder_trains_over_held_padding_in_bf16_on_amx_cpus_only(monkeypatch, amx, bf16):
-    import mt.model
-
     def reached(path):
         def stand_in(*args, **kwargs):
             raise _Reached(path)
