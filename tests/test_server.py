@@ -29,16 +29,9 @@ import pytest
 import torch
 import uvicorn
 
+from mt.batching import TranslationWorker, load_workers
 from mt.config import DecodeConfig, MTError
-from mt.server import (
-    TranslationWorker,
-    create_app,
-    http_protocol,
-    is_loopback,
-    listening_socket,
-    load_workers,
-    serve,
-)
+from mt.server import create_app, http_protocol, is_loopback, listening_socket, serve
 from mt.translator import Translator
 
 BEAM5 = DecodeConfig(beam_size=5)
@@ -225,7 +218,6 @@ def test_languages_lists_each_loaded_direction(client):
 
 def test_several_models_of_one_direction_serve_as_an_ensemble(checkpoints):
     from mt.model import Ensemble
-    from mt.server import load_workers
 
     workers = load_workers([checkpoints["de-en"], checkpoints["en-de"], checkpoints["de-en"]])
     assert [(w.source, w.target) for w in workers] == [("de", "en"), ("en", "de")]
@@ -667,7 +659,7 @@ def test_a_request_that_breaks_its_batch_fails_alone_and_the_others_are_translat
     poison = "Gift ."
     steered = _Steered(checkpoints["de-en"], fails=lambda batch: poison in batch)
     bodies = [{"q": text, "source": "de", "target": "en"} for text in [*texts[:2], poison, *texts[2:]]]
-    with caplog.at_level("WARNING", logger="mt.server"), running(_steered_app(steered, batch_wait_ms=300)) as url:
+    with caplog.at_level("WARNING", logger="mt.batching"), running(_steered_app(steered, batch_wait_ms=300)) as url:
         responses = _concurrently(url, bodies)
 
     failed = responses.pop(2)
@@ -687,7 +679,7 @@ class _FailingLoop(TranslationWorker):
 
 def test_a_stopped_worker_fails_its_requests_at_once_with_503_and_health_reports_it(checkpoints, caplog):
     worker = _FailingLoop(Translator.from_checkpoint(checkpoints["de-en"]), "de", "en")
-    with caplog.at_level("ERROR", logger="mt.server"), running(create_app([worker])) as url, _client(url) as client:
+    with caplog.at_level("ERROR", logger="mt.batching"), running(create_app([worker])) as url, _client(url) as client:
         for _ in range(2):  # the request that met the failure, then one after it
             response = client.post("/translate", json=GOOD, timeout=5)
             assert response.status_code == 503
