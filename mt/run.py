@@ -63,7 +63,10 @@ class RunDirectory:
     @contextlib.contextmanager
     def lock(self):
         """Hold the run's lock; another process holding it is an error. Removes the
-        temporary files of writes that a killed process left behind."""
+        temporary files of writes that a killed process left behind. A run that fails
+        before it writes anything (a corpus not found) takes away the lock file and
+        directory it made, so that a mistake leaves nothing behind."""
+        made = [path for path in (*reversed(self.path.parents), self.path, self.path / "lock") if not path.exists()]
         self.path.mkdir(parents=True, exist_ok=True)
         with open(self.path / "lock", "a+") as handle:
             try:
@@ -80,7 +83,18 @@ class RunDirectory:
             handle.flush()
             for leftover in self.path.glob(".*.safetensors.*.tmp"):
                 leftover.unlink(missing_ok=True)
-            yield
+            try:
+                yield
+            except BaseException:
+                # Still held here, so no other process can have begun to write in the directory.
+                if [path.name for path in self.path.iterdir()] == ["lock"]:
+                    with contextlib.suppress(OSError):  # a directory made meanwhile by someone else stays
+                        for path in reversed(made):  # the lock file, the directory, the parents it needed
+                            if path.is_dir():
+                                path.rmdir()
+                            else:
+                                path.unlink()
+                raise
 
     def clear(self) -> None:
         """Delete the run's own files (--overwrite), nothing else."""

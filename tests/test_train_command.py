@@ -382,6 +382,17 @@ def test_overwrite_with_a_missing_corpus_keeps_the_old_run(setup, tmp_path):
     assert {path.name: path.read_bytes() for path in run.iterdir()} == before
 
 
+@pytest.mark.parametrize("output", ["new/run", "empty"])
+def test_a_start_that_fails_before_training_leaves_nothing_behind(setup, tmp_path, output):
+    (tmp_path / "empty").mkdir()
+    result = invoke(
+        ["train", "--train", tmp_path / "typo", "--valid", setup["valid_a"], "--tokenizer", setup["tokenizer"]]
+        + ["--output", tmp_path / output, *TINY]
+    )
+    assert_error_is_the_last_line(result, "typo")
+    assert list(tmp_path.rglob("*")) == [tmp_path / "empty"]
+
+
 def test_overwrite_deletes_only_the_runs_own_files(setup, tmp_path):
     run = tmp_path / "run"
     assert train(setup, run, "--max-steps", "1", "--keep-checkpoints", "2", "--validate-every", "1").exit_code == 0
