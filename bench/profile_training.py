@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import sys
 import tempfile
 import time
@@ -79,17 +80,14 @@ def main() -> None:
     for indices in batches[:3]:  # warm-up (with --compile, the compilation)
         trainer.train_step([indices])
     measured = batches[3 : 3 + args.updates]
-    if args.no_profile:
-        started = time.perf_counter()
-        for indices in measured:
-            trainer.train_step([indices])
-        _print_speed(corpus, measured, time.perf_counter() - started)
-        return
+    profiler = None if args.no_profile else profile(activities=[ProfilerActivity.CPU])
     started = time.perf_counter()
-    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+    with profiler or contextlib.nullcontext():
         for indices in measured:
             trainer.train_step([indices])
     _print_speed(corpus, measured, time.perf_counter() - started)
+    if profiler is None:
+        return
 
     scope, by_creator = _attribute(profiler.events())
     per_update = len(measured) * 1000  # microseconds -> milliseconds per update
