@@ -91,7 +91,7 @@ elif [ "${ONLY:-}" = news ]; then  # issue 27: six runs from scratch and two con
   run de-en-news-16k-nosmall $MIX    --src de --tgt en --attention bahdanau --tokenizer .devdata/tokenizers/news-16000 $NEWS
   run en-de-news-16k       $MIX $SMALL --src en --tgt de --attention luong --tokenizer .devdata/tokenizers/news-16000 $NEWS
   run en-de-news-16k-h640  $MIX $SMALL --src en --tgt de --attention luong --tokenizer .devdata/tokenizers/news-16000 $NEWS --hidden-size 640
-  for pair in "de en" "en de"; do  # the shipped models (their 8,000-piece tokenizer), trained on with the mixture
+  for pair in "de en" "en de"; do  # the shipped models (with their own tokenizers), trained on with the mixture
     set -- $pair
     run $1-$2-news-continued $MIX $SMALL --src $1 --tgt $2 --init-from checkpoints/$1-$2/model.safetensors \
       --warmup-steps 100 --lr 5e-4 $NEWS
